@@ -1,0 +1,98 @@
+"""Where things are and how to reach them: read from the environment and `.env`.
+
+Secrets (the Label Studio password and API token) come only from here. They are
+never printed: `Settings.__repr__` hides them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_FILE = ".env"
+SECRET_FIELDS = {"label_studio_password", "label_studio_token"}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`KEY=value` lines of a dotenv file; comments and blank lines ignored."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path(".poseops"))
+    label_studio_url: str = "http://127.0.0.1:8080"
+    label_studio_username: str = "admin@poseops.local"
+    label_studio_password: str = ""
+    label_studio_token: str = ""
+    label_studio_bin: Path = field(default_factory=lambda: Path(".venv-labelstudio/bin/label-studio"))
+
+    @property
+    def label_studio_dir(self) -> Path:
+        return self.home / "labelstudio"
+
+    @property
+    def label_studio_port(self) -> int:
+        tail = self.label_studio_url.rsplit(":", 1)[-1].split("/")[0]
+        return int(tail) if tail.isdigit() else 8080
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={'***' if f.name in SECRET_FIELDS and getattr(self, f.name) else repr(getattr(self, f.name))}"
+            for f in fields(self)
+        )
+        return f"Settings({shown})"
+
+
+_ENV_KEYS = {
+    "home": "POSEOPS_HOME",
+    "label_studio_url": "LABEL_STUDIO_URL",
+    "label_studio_username": "LABEL_STUDIO_USERNAME",
+    "label_studio_password": "LABEL_STUDIO_PASSWORD",
+    "label_studio_token": "LABEL_STUDIO_USER_TOKEN",
+    "label_studio_bin": "POSEOPS_LABEL_STUDIO_BIN",
+}
+
+
+def load_settings(env_file: Path | None = None) -> Settings:
+    """Settings from the process environment, then `.env` in the working directory, then defaults."""
+    file_values = read_env_file(env_file or Path(ENV_FILE))
+    kwargs: dict[str, object] = {}
+    for name, key in _ENV_KEYS.items():
+        value = os.environ.get(key) or file_values.get(key)
+        if value:
+            kwargs[name] = Path(value) if name in {"home", "label_studio_bin"} else value.rstrip("/") if name.endswith("url") else value
+    return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def ensure_label_studio_credentials(env_file: Path | None = None) -> Settings:
+    """Settings with a Label Studio password and token, generating missing ones into `.env` (mode 600).
+
+    A fresh machine gets random credentials once; later runs read the same ones.
+    """
+    env_file = env_file or Path(ENV_FILE)
+    settings = load_settings(env_file)
+    missing = {}
+    if not settings.label_studio_password:
+        missing["LABEL_STUDIO_PASSWORD"] = secrets.token_urlsafe(18)
+    if not settings.label_studio_token:
+        missing["LABEL_STUDIO_USER_TOKEN"] = secrets.token_hex(20)
+    if missing:
+        existing = env_file.read_text(encoding="utf-8") if env_file.is_file() else ""
+        lines = [existing.rstrip("\n")] if existing.strip() else ["# poseops local settings; git ignores this file"]
+        lines += [f"{k}={v}" for k, v in missing.items()]
+        env_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        env_file.chmod(0o600)
+        settings = load_settings(env_file)
+    return settings

@@ -1,0 +1,348 @@
+"""The skeleton spec: the one source of keypoint truth.
+
+A spec file holds one or more classes, each with ordered keypoints (order = the
+model's keypoint order), connections drawn between keypoints, and left/right
+flip pairs. Everything else (the Label Studio config, the YOLO dataset yaml, the
+API's keypoint names, the playground's colours) is derived from it.
+
+    classes:
+      - name: person
+        color: "#e6194b"
+        keypoints:
+          - {name: nose, color: "#ffe119", position: [0.5, 0.08]}
+          - {name: left_eye}
+        connections:
+          - [nose, left_eye, "#3cb44b"]
+        flip_pairs:
+          - [left_eye, right_eye]
+
+`position` (optional) is where the template pre-label places the keypoint, as
+fractions of its box (0,0 = top-left corner, 1,1 = bottom-right corner).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Distinct colours (Sasha Trubetskoy's palette), used when the spec names none.
+PALETTE = (
+    "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
+    "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8",
+    "#800000", "#aaffc3", "#808000", "#ffd8b1", "#000075", "#808080",
+)
+DEFAULT_EDGE_COLOR = "#a0a0a0"
+_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]*$")
+
+
+class SkeletonError(ValueError):
+    """A skeleton spec that cannot be used; the message names the file, line and entry."""
+
+
+@dataclass(frozen=True)
+class Keypoint:
+    name: str
+    color: str
+    position: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Connection:
+    a: str
+    b: str
+    color: str
+
+
+@dataclass(frozen=True)
+class SkeletonClass:
+    name: str
+    color: str
+    keypoints: tuple[Keypoint, ...]
+    connections: tuple[Connection, ...]
+    flip_pairs: tuple[tuple[str, str], ...]
+
+    @property
+    def keypoint_names(self) -> list[str]:
+        return [k.name for k in self.keypoints]
+
+    def index(self, keypoint: str) -> int:
+        return self.keypoint_names.index(keypoint)
+
+    @property
+    def flip_idx(self) -> list[int]:
+        """For each keypoint index, the index of its mirror image (itself if unpaired)."""
+        idx = list(range(len(self.keypoints)))
+        for a, b in self.flip_pairs:
+            ia, ib = self.index(a), self.index(b)
+            idx[ia], idx[ib] = ib, ia
+        return idx
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    classes: tuple[SkeletonClass, ...]
+    source: str = "<string>"
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def keypoint_count(self) -> int:
+        return len(self.classes[0].keypoints)
+
+    @property
+    def flip_idx(self) -> list[int]:
+        return self.classes[0].flip_idx
+
+    def get(self, class_name: str) -> SkeletonClass:
+        for c in self.classes:
+            if c.name == class_name:
+                return c
+        raise KeyError(f"class {class_name!r} is not in {self.source} (classes: {', '.join(self.class_names)})")
+
+    def keypoint_label(self, class_name: str, keypoint: str) -> str:
+        """The Label Studio `KeyPointLabels` value of one class's keypoint.
+
+        The plain keypoint name, unless another class uses the same name at another
+        position; then `class:keypoint`, so that every label maps to one model index.
+        """
+        cls = self.get(class_name)
+        i = cls.index(keypoint)
+        for other in self.classes:
+            if keypoint in other.keypoint_names and other.index(keypoint) != i:
+                return f"{class_name}:{keypoint}"
+        return keypoint
+
+    def keypoint_labels(self) -> dict[str, int]:
+        """Every Label Studio keypoint label and its model index, in model order."""
+        labels: dict[str, int] = {}
+        for cls in self.classes:
+            for i, kp in enumerate(cls.keypoints):
+                labels.setdefault(self.keypoint_label(cls.name, kp.name), i)
+        return labels
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-ready form (used by the service's metadata and the playground)."""
+        return {
+            "classes": [
+                {
+                    "name": c.name,
+                    "color": c.color,
+                    "keypoints": [{"name": k.name, "color": k.color} for k in c.keypoints],
+                    "connections": [[e.a, e.b, e.color] for e in c.connections],
+                    "flip_pairs": [list(p) for p in c.flip_pairs],
+                }
+                for c in self.classes
+            ]
+        }
+
+
+# --- loading ---------------------------------------------------------------------
+
+
+class _Node:
+    """Mixin giving parsed YAML containers the line they start on."""
+
+    line: int = 0
+
+
+class _Map(dict, _Node):
+    pass
+
+
+class _List(list, _Node):
+    pass
+
+
+class _LineLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        m = _Map(super().construct_mapping(node, deep=True))
+        m.line = node.start_mark.line + 1
+        return m
+
+    def construct_sequence(self, node, deep=False):  # type: ignore[override]
+        s = _List(super().construct_sequence(node, deep=True))
+        s.line = node.start_mark.line + 1
+        return s
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _LineLoader.construct_sequence)
+
+
+def load_skeleton(path: str | Path) -> Skeleton:
+    """Read and validate a skeleton spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SkeletonError(f"{path}: no such skeleton spec; pass the path of a YAML file such as label_config/skeletons/person.yaml") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SkeletonError(f"{path}: cannot be read as a text file ({e})") from None
+    return parse_skeleton(text, source=str(path))
+
+
+def parse_skeleton(text: str, source: str = "<string>") -> Skeleton:
+    """Parse and validate a skeleton spec given as YAML text."""
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise SkeletonError(f"{source}: not valid YAML: {e}") from None
+    return _Parser(source).spec(doc)
+
+
+class _Parser:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, node: Any, message: str) -> SkeletonError:
+        line = getattr(node, "line", 0)
+        where = f"{self.source}:{line}" if line else self.source
+        return SkeletonError(f"{where}: {message}")
+
+    def spec(self, doc: Any) -> Skeleton:
+        if isinstance(doc, dict) and "classes" not in doc and "keypoints" in doc:
+            doc = _Map(classes=_List([doc]))  # a single class at top level
+        if not isinstance(doc, dict) or "classes" not in doc:
+            raise self.fail(doc, "expected a mapping with a 'classes' list (see label_config/skeletons/person.yaml)")
+        self.unknown_keys(doc, {"classes"}, "the spec")
+        raw_classes = doc["classes"]
+        if not isinstance(raw_classes, list) or not raw_classes:
+            raise self.fail(raw_classes if isinstance(raw_classes, list) else doc, "'classes' must be a non-empty list")
+        classes: list[SkeletonClass] = []
+        for n, raw in enumerate(raw_classes):
+            cls = self.cls(raw, n)
+            if any(c.name == cls.name for c in classes):
+                raise self.fail(raw, f"class name {cls.name!r} is used twice; class names must be unique")
+            classes.append(cls)
+        first = classes[0]
+        for cls, raw in zip(classes[1:], raw_classes[1:]):
+            if len(cls.keypoints) != len(first.keypoints):
+                raise self.fail(
+                    raw,
+                    f"class {cls.name!r} has {len(cls.keypoints)} keypoints but {first.name!r} has "
+                    f"{len(first.keypoints)}; YOLO-pose needs one keypoint count (kpt_shape) for all classes "
+                    "in a spec: split them into separate specs or pad the shorter one",
+                )
+            if cls.flip_idx != first.flip_idx:
+                raise self.fail(
+                    raw,
+                    f"class {cls.name!r} pairs its keypoints left/right at other positions than {first.name!r}; "
+                    "YOLO-pose uses one flip_idx for all classes: order the keypoints so the pairs line up",
+                )
+        return Skeleton(classes=tuple(classes), source=self.source)
+
+    def unknown_keys(self, node: dict, allowed: set[str], what: str) -> None:
+        extra = sorted(set(node) - allowed)
+        if extra:
+            raise self.fail(node, f"unknown key {extra[0]!r} in {what} (allowed: {', '.join(sorted(allowed))})")
+
+    def name(self, node: Any, value: Any, what: str) -> str:
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise self.fail(node, f"{what} {value!r} must be a non-empty name of letters, digits, '_', '-', '.' or spaces")
+        return value
+
+    def color(self, node: Any, value: Any, default: str, what: str) -> str:
+        if value is None:
+            return default
+        if not isinstance(value, str) or not _COLOR.match(value):
+            raise self.fail(node, f"bad colour {value!r} for {what}: use '#rrggbb' or '#rgb' (quote it in YAML)")
+        return value.lower()
+
+    def cls(self, raw: Any, n: int) -> SkeletonClass:
+        if not isinstance(raw, dict):
+            raise self.fail(raw, f"class #{n + 1} must be a mapping with name and keypoints")
+        self.unknown_keys(raw, {"name", "color", "keypoints", "connections", "flip_pairs"}, f"class #{n + 1}")
+        name = self.name(raw, raw.get("name"), "class name")
+        color = self.color(raw, raw.get("color"), PALETTE[n % len(PALETTE)], f"class {name!r}")
+        raw_kps = raw.get("keypoints")
+        if not isinstance(raw_kps, list) or not raw_kps:
+            raise self.fail(raw, f"class {name!r} is empty: list its keypoints under 'keypoints'")
+        keypoints = self.keypoints(raw_kps, name)
+        names = [k.name for k in keypoints]
+        connections = tuple(self.connection(e, names, name) for e in raw.get("connections") or [])
+        flip_pairs = self.flip_pairs(raw.get("flip_pairs") or [], names, name)
+        return SkeletonClass(name, color, keypoints, connections, flip_pairs)
+
+    def keypoints(self, raw_kps: list, cls: str) -> tuple[Keypoint, ...]:
+        grid = _grid_positions(len(raw_kps))
+        out: list[Keypoint] = []
+        for i, raw in enumerate(raw_kps):
+            if isinstance(raw, str):
+                raw = _Map(name=raw)
+                raw.line = getattr(raw_kps, "line", 0)
+            if not isinstance(raw, dict):
+                raise self.fail(raw_kps, f"keypoint #{i + 1} of class {cls!r} must be a name or a mapping with 'name'")
+            self.unknown_keys(raw, {"name", "color", "position"}, f"keypoint #{i + 1} of class {cls!r}")
+            name = self.name(raw, raw.get("name"), f"keypoint #{i + 1} name of class {cls!r}")
+            if any(k.name == name for k in out):
+                raise self.fail(raw, f"keypoint {name!r} is listed twice in class {cls!r}; keypoint names must be unique")
+            color = self.color(raw, raw.get("color"), PALETTE[i % len(PALETTE)], f"keypoint {name!r}")
+            position = self.position(raw, raw.get("position"), grid[i], name)
+            out.append(Keypoint(name, color, position))
+        return tuple(out)
+
+    def position(self, node: Any, value: Any, default: tuple[float, float], kp: str) -> tuple[float, float]:
+        if value is None:
+            return default
+        ok = (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value)
+        )
+        if not ok:
+            raise self.fail(node, f"position of keypoint {kp!r} must be [x, y] with both between 0 and 1 (fractions of the box)")
+        return (float(value[0]), float(value[1]))
+
+    def connection(self, raw: Any, names: list[str], cls: str) -> Connection:
+        if isinstance(raw, dict):
+            self.unknown_keys(raw, {"from", "to", "color"}, f"a connection of class {cls!r}")
+            a, b, color = raw.get("from"), raw.get("to"), raw.get("color")
+        elif isinstance(raw, list) and len(raw) in (2, 3):
+            a, b, color = raw[0], raw[1], raw[2] if len(raw) == 3 else None
+        else:
+            raise self.fail(raw, f"connection {raw!r} of class {cls!r} must be [a, b] or [a, b, '#colour']")
+        for end in (a, b):
+            if end not in names:
+                raise self.fail(raw, f"connection [{a}, {b}] of class {cls!r} names unknown keypoint {end!r}")
+        if a == b:
+            raise self.fail(raw, f"connection [{a}, {b}] of class {cls!r} joins a keypoint to itself")
+        return Connection(a, b, self.color(raw, color, DEFAULT_EDGE_COLOR, f"connection [{a}, {b}]"))
+
+    def flip_pairs(self, raw_pairs: Any, names: list[str], cls: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(raw_pairs, list):
+            raise self.fail(raw_pairs, f"flip_pairs of class {cls!r} must be a list of [left, right] pairs")
+        seen: set[str] = set()
+        pairs: list[tuple[str, str]] = []
+        for raw in raw_pairs:
+            if not (isinstance(raw, list) and len(raw) == 2):
+                raise self.fail(raw_pairs, f"flip pair {raw!r} of class {cls!r} must be [left, right]")
+            a, b = raw
+            for end in (a, b):
+                if end not in names:
+                    raise self.fail(raw, f"flip pair [{a}, {b}] of class {cls!r} names unknown keypoint {end!r}")
+            if a == b:
+                raise self.fail(raw, f"flip pair [{a}, {b}] of class {cls!r} pairs a keypoint with itself")
+            for end in (a, b):
+                if end in seen:
+                    raise self.fail(raw, f"keypoint {end!r} of class {cls!r} is in two flip pairs; each keypoint has at most one mirror")
+                seen.add(end)
+            pairs.append((a, b))
+        return tuple(pairs)
+
+
+def _grid_positions(count: int) -> list[tuple[float, float]]:
+    """Default template positions: keypoints spread row by row across the box."""
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    return [
+        (round((i % cols + 0.5) / cols, 4), round((i // cols + 0.5) / rows, 4))
+        for i in range(count)
+    ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from poseops.label_config import BOXES, IMAGE, KEYPOINTS, OCCLUDED, VISIBILITY
 from poseops.skeleton import Skeleton
 
-KEYPOINT_SIZE = 0.6  # a keypoint's drawn radius, in percent of the image width
+KEYPOINT_SIZE = 1.0  # a keypoint's drawn radius, in percent of the image width
 
 Keypoint = tuple[float, float, int]
 

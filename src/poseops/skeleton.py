@@ -223,7 +223,7 @@ class _Parser:
                 raise self.fail(raw, f"class name {cls.name!r} is used twice; class names must be unique")
             classes.append(cls)
         first = classes[0]
-        for cls, raw in zip(classes[1:], raw_classes[1:]):
+        for cls, raw in zip(classes[1:], raw_classes[1:], strict=True):
             if len(cls.keypoints) != len(first.keypoints):
                 raise self.fail(
                     raw,
@@ -273,6 +273,8 @@ class _Parser:
 
     def keypoints(self, raw_kps: list, cls: str) -> tuple[Keypoint, ...]:
         grid = _grid_positions(len(raw_kps))
+        explicit = {str(r.get("color", "")).lower() for r in raw_kps if isinstance(r, dict)}
+        free_colors = [c for c in PALETTE if c not in explicit] or list(PALETTE)
         out: list[Keypoint] = []
         for i, raw in enumerate(raw_kps):
             if isinstance(raw, str):
@@ -284,7 +286,7 @@ class _Parser:
             name = self.name(raw, raw.get("name"), f"keypoint #{i + 1} name of class {cls!r}")
             if any(k.name == name for k in out):
                 raise self.fail(raw, f"keypoint {name!r} is listed twice in class {cls!r}; keypoint names must be unique")
-            color = self.color(raw, raw.get("color"), PALETTE[i % len(PALETTE)], f"keypoint {name!r}")
+            color = self.color(raw, raw.get("color"), free_colors[i % len(free_colors)], f"keypoint {name!r}")
             position = self.position(raw, raw.get("position"), grid[i], name)
             out.append(Keypoint(name, color, position))
         return tuple(out)

@@ -1,0 +1,206 @@
+"""The `poseops` command line: one entry point over the package.
+
+Each command is thin: it reads settings, calls the package, and prints what a
+person needs (URLs, counts, what to do next). Known failures print one clear
+line and exit 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from poseops import labelstudio_server
+from poseops.settings import ensure_label_studio_credentials, load_settings
+from poseops.skeleton import SkeletonError, load_skeleton
+
+app = typer.Typer(help="poseops: skeleton spec → Label Studio → dataset → YOLO-pose → service → pre-labels.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+labelstudio_app = typer.Typer(help="Run a local Label Studio server (its own virtualenv, 127.0.0.1).", no_args_is_help=True)
+dataset_app = typer.Typer(help="Datasets: one Label Studio project each, made from a skeleton spec.", no_args_is_help=True)
+app.add_typer(labelstudio_app, name="labelstudio")
+app.add_typer(dataset_app, name="dataset")
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+# Errors a user can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (SkeletonError, labelstudio_server.LabelStudioServerError)
+
+
+def user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from poseops.datasets import DatasetError
+        from poseops.labelstudio import LabelStudioError
+
+        try:
+            return fn(*args, **kwargs)
+        except (*USER_ERRORS, DatasetError, LabelStudioError) as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=False)
+
+
+# --- skeleton and labeling config ---------------------------------------------------
+
+
+@app.command("label-config")
+@user_errors
+def label_config(
+    spec: Annotated[Path, typer.Argument(help="Skeleton spec YAML, e.g. label_config/skeletons/person.yaml")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the XML here instead of printing it")] = None,
+) -> None:
+    """Print the Label Studio labeling config (XML) generated from a skeleton spec."""
+    from poseops.label_config import label_config_xml
+
+    xml = label_config_xml(load_skeleton(spec))
+    if out is None:
+        typer.echo(xml, nl=False)
+    else:
+        out.write_text(xml, encoding="utf-8")
+        err_console.print(f"wrote {out}")
+
+
+@app.command("check-skeleton")
+@user_errors
+def check_skeleton(spec: Annotated[Path, typer.Argument(help="Skeleton spec YAML")]) -> None:
+    """Validate a skeleton spec and summarize it."""
+    skeleton = load_skeleton(spec)
+    for cls in skeleton.classes:
+        console.print(f"[bold]{cls.name}[/] {cls.color}: {len(cls.keypoints)} keypoints, "
+                      f"{len(cls.connections)} connections, {len(cls.flip_pairs)} flip pairs")
+    console.print(f"kpt_shape: [{skeleton.keypoint_count}, 3]  flip_idx: {skeleton.flip_idx}")
+
+
+# --- Label Studio server --------------------------------------------------------------
+
+
+@labelstudio_app.command("up")
+@user_errors
+def labelstudio_up(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to answer (the first start migrates ~90 s)")] = 600,
+) -> None:
+    """Start Label Studio (or find the running one) and wait until it answers."""
+    settings = ensure_label_studio_credentials()
+    before = labelstudio_server.status(settings)
+    if not before.running:
+        err_console.print(f"starting Label Studio at {settings.label_studio_url} (log: {labelstudio_server.log_file(settings)}) ...")
+    with err_console.status("waiting for Label Studio to answer"):
+        status = labelstudio_server.up(settings, timeout=timeout)
+    how = "already running" if before.running else "started"
+    console.print(f"Label Studio {how}: {status.url}  (user {settings.label_studio_username}; password and token in .env)")
+
+
+@labelstudio_app.command("down")
+@user_errors
+def labelstudio_down() -> None:
+    """Stop the Label Studio server that `up` started (and only that one)."""
+    settings = load_settings()
+    stopped = labelstudio_server.down(settings)
+    console.print("Label Studio stopped" if stopped else "no Label Studio started by poseops is running")
+
+
+@labelstudio_app.command("status")
+@user_errors
+def labelstudio_status() -> None:
+    """Tell whether Label Studio answers at the configured URL."""
+    s = labelstudio_server.status(load_settings())
+    console.print(f"{s.url}: {'answering' if s.running else 'not answering'}"
+                  + (f" (started by poseops, pid {s.pid})" if s.started_here else ""))
+    if not s.running:
+        raise typer.Exit(1)
+
+
+# --- datasets -----------------------------------------------------------------------------
+
+
+def _client():
+    from poseops.labelstudio import LabelStudioClient
+
+    client = LabelStudioClient(load_settings())
+    client.check()
+    return client
+
+
+@dataset_app.command("create")
+@user_errors
+def dataset_create(
+    name: Annotated[str, typer.Argument(help="Dataset name (= Label Studio project title)")],
+    skeleton: Annotated[Path, typer.Option(help="Skeleton spec YAML")] = Path("label_config/skeletons/person.yaml"),
+    template_class: Annotated[str | None, typer.Option(help="Class whose skeleton the template pre-label places (default: the first)")] = None,
+) -> None:
+    """Create the Label Studio project for a dataset, or update its labeling config."""
+    from poseops.datasets import create_dataset
+
+    with _client() as client:
+        project, created = create_dataset(client, load_settings(), name, skeleton, template_class)
+    console.print(f"{'created' if created else 'updated'} dataset {name!r}: {project.url}")
+
+
+@dataset_app.command("upload")
+@user_errors
+def dataset_upload(
+    name: Annotated[str, typer.Argument(help="Dataset name")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (jpg, png, webp, bmp)")],
+    workers: Annotated[int, typer.Option(help="Parallel uploads")] = 4,
+) -> None:
+    """Upload images as tasks, each with a template pre-label; duplicates and unreadable files are skipped."""
+    from poseops.datasets import upload_images
+
+    settings = load_settings()
+    with _client() as client, progress_bar() as bar:
+        job = bar.add_task("uploading", total=None)
+        report = upload_images(client, settings, name, paths, workers=workers,
+                               on_progress=lambda n: bar.advance(job, n), on_total=lambda n: bar.update(job, total=n))
+    for path, reason in report.unreadable:
+        err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+    for path, task_id in report.duplicates:
+        err_console.print(f"[dim]duplicate[/] {path} (same content as task {task_id})", highlight=False)
+    console.print(f"uploaded {len(report.uploaded)}, duplicates {len(report.duplicates)}, "
+                  f"unreadable {len(report.unreadable)}: {report.project.url}")
+
+
+@dataset_app.command("set-template")
+@user_errors
+def dataset_set_template(
+    name: Annotated[str, typer.Argument(help="Dataset name")],
+    task_id: Annotated[int, typer.Argument(help="A task you labeled by hand")],
+    apply: Annotated[bool, typer.Option(help="Also replace the template pre-label of tasks nobody annotated yet")] = True,
+) -> None:
+    """Use a hand-labeled task's pose (normalized to its box) as the template for pre-labels."""
+    from poseops.datasets import set_template
+
+    with _client() as client:
+        _, refreshed = set_template(client, load_settings(), name, task_id, apply=apply)
+    console.print(f"template of {name!r} taken from task {task_id}; refreshed {refreshed} unlabeled task(s)")
+
+
+@dataset_app.command("info")
+@user_errors
+def dataset_info(name: Annotated[str, typer.Argument(help="Dataset name")]) -> None:
+    """Show a dataset's project URL and how many of its tasks are labeled."""
+    from poseops.datasets import dataset_summary
+
+    with _client() as client:
+        console.print_json(json.dumps(dataset_summary(client, name)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

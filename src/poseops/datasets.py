@@ -1,0 +1,312 @@
+"""Datasets: a Label Studio project per dataset, made from a skeleton spec.
+
+A dataset's local record (`<home>/datasets/<name>.json`) keeps the skeleton spec it
+was made from and the template used for pre-labels. Each uploaded image becomes a
+task whose data carries the image's content hash (`sha256`, used to skip
+duplicates and to split the dataset) and its original file name, and a
+prediction (model version `template`) that places one box and the whole skeleton
+so the annotator drags points into place instead of placing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from poseops.label_config import label_config_xml
+from poseops.labelstudio import LabelStudioClient, LabelStudioError, Project
+from poseops.regions import Template, pose_to_results, spec_template, template_from_pose, template_pose
+from poseops.settings import Settings
+from poseops.skeleton import Skeleton, load_skeleton
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
+TEMPLATE_VERSION = "template"
+IMPORT_BATCH = 50
+# EXIF orientations that turn the picture a quarter: width and height swap when shown.
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+class DatasetError(RuntimeError):
+    pass
+
+
+@dataclass
+class DatasetRecord:
+    name: str
+    skeleton: str
+    template_class: str
+    template: dict | None = None
+
+    def skeleton_spec(self) -> Skeleton:
+        return load_skeleton(self.skeleton)
+
+    def current_template(self, skeleton: Skeleton) -> Template:
+        return Template.from_dict(self.template) if self.template else spec_template(skeleton, self.template_class)
+
+
+def record_path(settings: Settings, name: str) -> Path:
+    if not name or "/" in name or name.startswith("."):
+        raise DatasetError(f"bad dataset name {name!r}: use letters, digits, '-', '_'")
+    return settings.home / "datasets" / f"{name}.json"
+
+
+def load_record(settings: Settings, name: str) -> DatasetRecord:
+    path = record_path(settings, name)
+    if not path.is_file():
+        raise DatasetError(f"no dataset {name!r} here: create it with `poseops dataset create {name} --skeleton SPEC.yaml`")
+    return DatasetRecord(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def save_record(settings: Settings, record: DatasetRecord) -> None:
+    path = record_path(settings, record.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def project_of(client: LabelStudioClient, name: str) -> Project:
+    project = client.find_project(name)
+    if project is None:
+        raise DatasetError(
+            f"Label Studio at {client.url} has no project {name!r}: run `poseops dataset create {name} --skeleton SPEC.yaml`"
+        )
+    return project
+
+
+def create_dataset(
+    client: LabelStudioClient, settings: Settings, name: str, skeleton_path: Path, template_class: str | None = None
+) -> tuple[Project, bool]:
+    """Create the dataset's project, or update its labeling config if it exists. Returns (project, created)."""
+    skeleton = load_skeleton(skeleton_path)
+    template_class = template_class or skeleton.class_names[0]
+    skeleton.get(template_class)  # fails clearly on an unknown class
+    config = label_config_xml(skeleton)
+    client.validate_config(config)
+    project = client.find_project(name)
+    description = f"poseops dataset {name}; skeleton {skeleton_path}"
+    if project is None:
+        project = client.create_project(name, config, description=description)
+        client.update_project(project.id, show_collab_predictions=True)  # pre-labels shown in the editor
+        created = True
+    else:
+        if project.label_config.strip() != config.strip():
+            project = client.update_project(project.id, label_config=config, description=description)
+        created = False
+    previous = None
+    if record_path(settings, name).is_file():
+        previous = load_record(settings, name)
+    template = previous.template if previous and previous.template_class == template_class else None
+    save_record(settings, DatasetRecord(name, str(skeleton_path), template_class, template))
+    return project, created
+
+
+# --- images -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    path: Path
+    content: bytes
+    sha256: str
+    width: int
+    height: int
+    content_type: str
+
+
+def collect_images(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under the given files and folders (by suffix), and paths that could not be used."""
+    found: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(path)
+            else:
+                problems.append((path, f"not an image file name (use {', '.join(sorted(IMAGE_SUFFIXES))})"))
+        else:
+            problems.append((path, "no such file or folder"))
+    return found, problems
+
+
+def read_image(path: Path) -> ImageFile:
+    """Read and check one image: it must decode completely. Raises ValueError saying why not."""
+    content = path.read_bytes()
+    if not content:
+        raise ValueError("empty file")
+    try:
+        with Image.open(io.BytesIO(content)) as im:
+            im.load()  # decodes every pixel: truncated files fail here
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except UnidentifiedImageError:
+        raise ValueError("not an image: its content is in no format Pillow can decode") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"refused as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"a broken image ({e})") from None
+    if orientation in _QUARTER_TURNS:
+        width, height = height, width
+    return ImageFile(path, content, hashlib.sha256(content).hexdigest(), width, height,
+                     CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+
+
+@dataclass
+class UploadReport:
+    project: Project
+    uploaded: list[tuple[Path, int]] = field(default_factory=list)
+    duplicates: list[tuple[Path, int]] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def template_prediction(skeleton: Skeleton, record: DatasetRecord, width: int, height: int) -> dict:
+    pose = template_pose(record.template_class, record.current_template(skeleton))
+    return {"model_version": TEMPLATE_VERSION, "score": 0.0, "result": pose_to_results(skeleton, pose, width, height, "t0")}
+
+
+def existing_hashes(client: LabelStudioClient, project_id: int) -> dict[str, int]:
+    return {
+        t["data"]["sha256"]: t["id"]
+        for t in client.iter_tasks(project_id, fields="task_only")
+        if isinstance(t.get("data"), dict) and t["data"].get("sha256")
+    }
+
+
+def upload_images(
+    client: LabelStudioClient,
+    settings: Settings,
+    name: str,
+    paths: Iterable[Path],
+    workers: int = 4,
+    on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> UploadReport:
+    """Upload images as tasks with a template pre-label; skip duplicates by content; report unreadable files."""
+    record = load_record(settings, name)
+    skeleton = record.skeleton_spec()
+    project = project_of(client, name)
+    report = UploadReport(project)
+    files, report.unreadable = collect_images(paths)
+    if on_total:
+        on_total(len(files))
+    seen = existing_hashes(client, project.id)
+    duplicates: list[tuple[Path, str]] = []
+    pending: list[tuple[ImageFile, dict]] = []
+
+    def tick() -> None:
+        if on_progress:
+            on_progress(1)
+
+    def store(image: ImageFile) -> tuple[ImageFile, dict]:
+        url = client.upload_file(project.id, f"{image.sha256[:12]}{image.path.suffix.lower()}", image.content, image.content_type)
+        data = {"image": url, "sha256": image.sha256, "source": image.path.name}
+        return image, {"data": data, "predictions": [template_prediction(skeleton, record, image.width, image.height)]}
+
+    def flush() -> None:
+        if pending:
+            ids = client.import_tasks(project.id, [task for _, task in pending])
+            for (image, _), task_id in zip(pending, ids, strict=True):
+                report.uploaded.append((image.path, task_id))
+                seen[image.sha256] = task_id
+            pending.clear()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = []
+        queued: set[str] = set()
+        for path in files:
+            try:
+                image = read_image(path)
+            except (ValueError, OSError) as e:
+                report.unreadable.append((path, str(e)))
+                tick()
+                continue
+            if image.sha256 in seen or image.sha256 in queued:
+                duplicates.append((path, image.sha256))
+                tick()
+                continue
+            queued.add(image.sha256)
+            futures.append(pool.submit(store, image))
+        for future in futures:
+            pending.append(future.result())
+            tick()
+            if len(pending) >= IMPORT_BATCH:
+                flush()
+        flush()
+    report.duplicates = [(path, seen[sha]) for path, sha in duplicates]
+    if report.uploaded:
+        show_predictions_of(client, project.id, TEMPLATE_VERSION, only_if_unset=True)
+    return report
+
+
+def show_predictions_of(client: LabelStudioClient, project_id: int, model_version: str, only_if_unset: bool = False) -> None:
+    """Make the editor pre-load this model version's predictions (Label Studio needs one to exist first)."""
+    if only_if_unset and client.json("GET", f"/api/projects/{project_id}").get("model_version"):
+        return
+    client.update_project(project_id, model_version=model_version, show_collab_predictions=True)
+
+
+# --- template from a hand-labeled task --------------------------------------------------
+
+
+def set_template(client: LabelStudioClient, settings: Settings, name: str, task_id: int, apply: bool = True) -> tuple[Template, int]:
+    """Make a hand-labeled task's pose the template for new pre-labels.
+
+    With `apply`, tasks that nobody has annotated get their template pre-label replaced.
+    Returns the template and how many tasks were refreshed.
+    """
+    from poseops.convert import latest_annotation, results_to_poses
+
+    record = load_record(settings, name)
+    skeleton = record.skeleton_spec()
+    task = client.get_task(task_id)
+    annotation = latest_annotation(task)
+    if annotation is None:
+        raise DatasetError(f"task {task_id} has no (non-cancelled) annotation: label it by hand first, then set it as template")
+    poses, _ = results_to_poses(skeleton, annotation["result"], task_id=task_id)
+    poses = [p for p in poses if p.class_name == record.template_class]
+    if not poses:
+        raise DatasetError(f"task {task_id} has no {record.template_class!r} box with keypoints: label one, then try again")
+    template = template_from_pose(poses[0], spec_template(skeleton, record.template_class))
+    record.template = template.to_dict()
+    save_record(settings, record)
+    refreshed = 0
+    if apply:
+        project = project_of(client, name)
+        for t in client.iter_tasks(project.id):
+            if t.get("annotations") or not isinstance(t.get("data"), dict):
+                continue
+            old = [p for p in t.get("predictions") or [] if p.get("model_version") == TEMPLATE_VERSION]
+            if not old:
+                continue
+            first = old[0]["result"][0] if old[0].get("result") else {}
+            width, height = first.get("original_width"), first.get("original_height")
+            if not width or not height:
+                continue
+            for p in old:
+                client.request("DELETE", f"/api/predictions/{p['id']}")
+            new = template_prediction(skeleton, record, width, height)
+            client.create_prediction(t["id"], new["result"], TEMPLATE_VERSION, score=0.0)
+            refreshed += 1
+    return template, refreshed
+
+
+def dataset_summary(client: LabelStudioClient, name: str) -> dict:
+    project = project_of(client, name)
+    total = labeled = 0
+    for t in client.iter_tasks(project.id, fields="task_only"):
+        total += 1
+        labeled += bool(t.get("is_labeled"))
+    return {"name": name, "project_id": project.id, "url": project.url, "tasks": total, "labeled": labeled}
+
+
+__all__ = ["DatasetError", "LabelStudioError", "create_dataset", "upload_images", "set_template", "read_image"]

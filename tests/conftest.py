@@ -1,0 +1,77 @@
+"""Shared fixtures: real servers on 127.0.0.1, started once per session and always stopped."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+
+import pytest
+
+from poseops import labelstudio_server
+from poseops.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("POSEOPS_SHARED_DIR", ROOT.parent / "shared"))
+SHARED_DATASETS = Path(os.environ.get("POSEOPS_SHARED_DATASETS", SHARED / "datasets"))
+PERSON_SPEC = ROOT / "label_config" / "skeletons" / "person.yaml"
+
+os.environ.setdefault("YOLO_OFFLINE", "true")
+if (SHARED / "weights").is_dir():
+    os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(SHARED / "weights"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory) -> Settings:
+    """A real Label Studio server in its own virtualenv, on a free loopback port, with a fresh database.
+
+    The first start migrates the database (about 90 s). Developers may point the tests at
+    a server they already run with POSEOPS_TEST_LABEL_STUDIO_URL and ..._TOKEN.
+    """
+    home = tmp_path_factory.mktemp("poseops-home")
+    if os.environ.get("POSEOPS_TEST_LABEL_STUDIO_URL"):
+        yield Settings(home=home, label_studio_url=os.environ["POSEOPS_TEST_LABEL_STUDIO_URL"],
+                       label_studio_token=os.environ["POSEOPS_TEST_LABEL_STUDIO_TOKEN"])
+        return
+    settings = Settings(
+        home=home,
+        label_studio_url=f"http://127.0.0.1:{free_port()}",
+        label_studio_username="tests@poseops.local",
+        label_studio_password=secrets.token_urlsafe(12),
+        label_studio_token=secrets.token_hex(20),
+        label_studio_bin=ROOT / ".venv-labelstudio" / "bin" / "label-studio",
+    )
+    status = labelstudio_server.up(settings, timeout=900)
+    try:
+        yield settings
+    finally:
+        labelstudio_server.down(settings)
+        assert not labelstudio_server.answers(settings.label_studio_url), "Label Studio still answers after down"
+        assert status.pid is not None and not _alive(status.pid), "the Label Studio process survived down"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment for running the `poseops` CLI against the given settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
+    env.update({
+        "POSEOPS_HOME": str(settings.home),
+        "LABEL_STUDIO_URL": settings.label_studio_url,
+        "LABEL_STUDIO_USER_TOKEN": settings.label_studio_token,
+        "LABEL_STUDIO_PASSWORD": settings.label_studio_password or "unused",
+    })
+    return env

@@ -10,9 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import PERSON_SPEC, SHARED_DATASETS, free_port, settings_env
 from PIL import Image
 
-from conftest import PERSON_SPEC, SHARED_DATASETS, free_port, settings_env
 from poseops import labelstudio_server
 from poseops.datasets import (
     TEMPLATE_VERSION,

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from poseops import labelstudio_server
@@ -43,7 +44,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (*USER_ERRORS, DatasetError, LabelStudioError) as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -166,9 +167,9 @@ def dataset_upload(
         report = upload_images(client, settings, name, paths, workers=workers,
                                on_progress=lambda n: bar.advance(job, n), on_total=lambda n: bar.update(job, total=n))
     for path, reason in report.unreadable:
-        err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+        err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}", highlight=False)
     for path, task_id in report.duplicates:
-        err_console.print(f"[dim]duplicate[/] {path} (same content as task {task_id})", highlight=False)
+        err_console.print(f"[dim]duplicate[/] {escape(str(path))} (same content as task {task_id})", highlight=False)
     console.print(f"uploaded {len(report.uploaded)}, duplicates {len(report.duplicates)}, "
                   f"unreadable {len(report.unreadable)}: {report.project.url}")
 
@@ -196,6 +197,33 @@ def dataset_info(name: Annotated[str, typer.Argument(help="Dataset name")]) -> N
 
     with _client() as client:
         console.print_json(json.dumps(dataset_summary(client, name)))
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+
+@app.command("demo")
+@user_errors
+def demo() -> None:
+    """Run the system end to end on the bundled defaults and print where to look."""
+    from poseops.demo import run_demo
+
+    settings = ensure_label_studio_credentials()
+    result = run_demo(settings, say=lambda line: err_console.print(escape(line), highlight=False))
+    console.rule("poseops demo")
+    for what, url in result.urls.items():
+        console.print(f"{what:<24} {url}")
+    for what, value in result.facts.items():
+        console.print(f"{what:<24} {value}")
+    console.print("log in with the user above; the password is LABEL_STUDIO_PASSWORD in .env")
+
+
+@app.command("demo-down")
+@user_errors
+def demo_down() -> None:
+    """Stop every server the demo started."""
+    settings = load_settings()
+    console.print("Label Studio stopped" if labelstudio_server.down(settings) else "Label Studio was not running")
 
 
 def main() -> None:

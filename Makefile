@@ -1,0 +1,56 @@
+# poseops: `make demo` runs the whole system on the bundled defaults; `make test` runs the tests.
+# Both install what they need first (idempotent: a second run reuses what exists).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+LS_VENV := .venv-labelstudio
+SHARED ?= $(abspath ../shared)
+export YOLO_OFFLINE ?= true
+# Bundled test assets when this checkout sits beside them; elsewhere Ultralytics downloads as usual.
+ifneq ($(wildcard $(SHARED)/weights),)
+export POSEOPS_WEIGHTS_DIR ?= $(SHARED)/weights
+endif
+ifneq ($(wildcard $(SHARED)/datasets),)
+export POSEOPS_SAMPLE_IMAGES ?= $(SHARED)/datasets/coco8-pose/images
+endif
+
+.PHONY: install install-system demo demo-down test test-unit lint clean
+install: $(VENV)/.installed $(LS_VENV)/.installed install-system
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Label Studio pins older prefect and numpy: it lives in a virtualenv of its own.
+$(LS_VENV)/.installed: requirements-labelstudio.txt
+	test -d $(LS_VENV) || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-labelstudio.txt
+	touch $@
+
+# Debian packages: Chromium for the browser tests, Tesseract for OCR, a font for plots.
+install-system:
+	@missing=$$(for p in $$(grep -v '^#' packages-apt.txt); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: install
+	$(VENV)/bin/poseops demo
+
+demo-down:
+	$(VENV)/bin/poseops demo-down
+
+test: install
+	$(VENV)/bin/pytest
+
+test-unit: install
+	$(VENV)/bin/pytest -m "not integration"
+
+lint: install
+	$(VENV)/bin/ruff check src tests flows pipelines bentos benchmarks
+
+clean:
+	rm -rf .pytest_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""The command line: help everywhere, clear one-line errors (offline)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import typer.main
+import typer.testing
+
+from conftest import PERSON_SPEC
+from poseops.cli import app
+
+
+def all_command_paths(group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            paths += all_command_paths(command, (*prefix, name))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+def poseops(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "poseops.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_every_command_has_help():
+    root = typer.main.get_command(app)
+    paths = all_command_paths(root)
+    assert ("labelstudio", "up") in paths and ("dataset", "upload") in paths and ("label-config",) in paths
+    runner = typer.testing.CliRunner()
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage" in result.output
+
+
+def test_label_config_prints_the_xml():
+    result = poseops("label-config", str(PERSON_SPEC))
+    assert result.returncode == 0
+    assert result.stdout.startswith("<View>") and result.stdout.count("model_index=") == 17
+
+
+def test_a_bad_spec_is_one_clear_line(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("classes:\n  - name: a\n    keypoints: [x, y]\n    connections:\n      - [x, elbow]\n")
+    result = poseops("label-config", str(spec))
+    assert result.returncode == 1
+    assert f"{spec}:5: connection [x, elbow] of class 'a' names unknown keypoint 'elbow'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -75,3 +75,34 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LABEL_STUDIO_PASSWORD": settings.label_studio_password or "unused",
     })
     return env
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real, temporary Prefect API server (SQLite) for the flows under test."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, label_studio) -> Path:
+    """A fresh git repository to work in (as a user's checkout), pointed at the test Label Studio."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text("pull:\n  min_images: 4\n  min_images_recommended: 250\n  val_fraction: 0.25\n")
+    (repo / ".gitignore").write_text(".poseops/\n")
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "tests@poseops.local"],
+                ["git", "config", "user.name", "poseops tests"], ["git", "add", "-A"], ["git", "commit", "-qm", "start"]):
+        subprocess.run(cmd, cwd=repo, check=True)
+    monkeypatch.chdir(repo)
+    for key, value in settings_env(label_studio).items():
+        monkeypatch.setenv(key, value)
+    return repo
+
+
+# The real detection service (bentoml serve) shared by test_service.py and test_playground.py.
+from service_server import detect_service  # noqa: E402, F401

@@ -7,8 +7,8 @@ import sys
 
 import typer.main
 import typer.testing
-
 from conftest import PERSON_SPEC
+
 from poseops.cli import app
 
 

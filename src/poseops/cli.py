@@ -40,10 +40,11 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         from poseops.datasets import DatasetError
         from poseops.labelstudio import LabelStudioError
+        from poseops.pull import NotReady, PullError
 
         try:
             return fn(*args, **kwargs)
-        except (*USER_ERRORS, DatasetError, LabelStudioError) as e:
+        except (*USER_ERRORS, DatasetError, LabelStudioError, NotReady, PullError) as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(1) from None
 
@@ -197,6 +198,27 @@ def dataset_info(name: Annotated[str, typer.Argument(help="Dataset name")]) -> N
 
     with _client() as client:
         console.print_json(json.dumps(dataset_summary(client, name)))
+
+
+# --- pulling labels ----------------------------------------------------------------------------
+
+
+@app.command("pull")
+@user_errors
+def pull(
+    name: Annotated[str, typer.Argument(help="Dataset name")],
+    allow_unlabeled: Annotated[bool, typer.Option(help="Go on when some tasks are unlabeled (they are left out)")] = False,
+    version: Annotated[bool, typer.Option(help="Record the dataset with DVC (+ push) and commit its .dvc file")] = True,
+    params: Annotated[Path, typer.Option(help="params.yaml with the `pull` section")] = Path("params.yaml"),
+) -> None:
+    """Pull a dataset's labels from Label Studio into data/NAME (YOLO-pose), checked and versioned with DVC."""
+    from flows.pull_labels import pull_labels
+
+    summary = pull_labels(dataset=name, params_file=str(params), allow_unlabeled=allow_unlabeled or None, version=version)
+    for warning in summary["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    console.print(f"dataset {name!r} → {summary['dataset_dir']}: {summary['train_images']} train / "
+                  f"{summary['val_images']} val images, DVC version {summary.get('dvc_md5')}")
 
 
 # --- the demo ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,8 +190,13 @@ def upload_images(
     workers: int = 4,
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    labels: Mapping[Path, list[dict]] | None = None,
 ) -> UploadReport:
-    """Upload images as tasks with a template pre-label; skip duplicates by content; report unreadable files."""
+    """Upload images as tasks with a template pre-label; skip duplicates by content; report unreadable files.
+
+    `labels` maps an image path to Label Studio result regions that already exist for it
+    (converted from COCO or YOLO labels): its task gets them as an annotation.
+    """
     record = load_record(settings, name)
     skeleton = record.skeleton_spec()
     project = project_of(client, name)
@@ -210,7 +215,10 @@ def upload_images(
     def store(image: ImageFile) -> tuple[ImageFile, dict]:
         url = client.upload_file(project.id, f"{image.sha256[:12]}{image.path.suffix.lower()}", image.content, image.content_type)
         data = {"image": url, "sha256": image.sha256, "source": image.path.name}
-        return image, {"data": data, "predictions": [template_prediction(skeleton, record, image.width, image.height)]}
+        task = {"data": data, "predictions": [template_prediction(skeleton, record, image.width, image.height)]}
+        if labels is not None and labels.get(image.path):
+            task["annotations"] = [{"result": labels[image.path]}]
+        return image, task
 
     def flush() -> None:
         if pending:
@@ -218,8 +226,13 @@ def upload_images(
             for (image, _), task_id in zip(pending, ids, strict=True):
                 report.uploaded.append((image.path, task_id))
                 seen[image.sha256] = task_id
+                if labels is not None and labels.get(image.path) == []:
+                    # "nothing to label here": Label Studio's import drops empty annotations, this API keeps them
+                    client.create_annotation(task_id, [])
             pending.clear()
 
+    # Files first, all of them; then the tasks. Label Studio drops the inline annotations and predictions
+    # of a task import that runs while file uploads to the same project are still going on.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = []
         queued: set[str] = set()
@@ -236,12 +249,13 @@ def upload_images(
                 continue
             queued.add(image.sha256)
             futures.append(pool.submit(store, image))
-        for future in futures:
-            pending.append(future.result())
-            tick()
-            if len(pending) >= IMPORT_BATCH:
-                flush()
-        flush()
+        stored = [future.result() for future in futures]
+    for item in stored:
+        pending.append(item)
+        tick()
+        if len(pending) >= IMPORT_BATCH:
+            flush()
+    flush()
     report.duplicates = [(path, seen[sha]) for path, sha in duplicates]
     if report.uploaded:
         show_predictions_of(client, project.id, TEMPLATE_VERSION, only_if_unset=True)
@@ -264,12 +278,12 @@ def set_template(client: LabelStudioClient, settings: Settings, name: str, task_
     With `apply`, tasks that nobody has annotated get their template pre-label replaced.
     Returns the template and how many tasks were refreshed.
     """
-    from poseops.convert import latest_annotation, results_to_poses
+    from poseops.convert import choose_annotation, results_to_poses
 
     record = load_record(settings, name)
     skeleton = record.skeleton_spec()
     task = client.get_task(task_id)
-    annotation = latest_annotation(task)
+    annotation, _ = choose_annotation(task)
     if annotation is None:
         raise DatasetError(f"task {task_id} has no (non-cancelled) annotation: label it by hand first, then set it as template")
     poses, _ = results_to_poses(skeleton, annotation["result"], task_id=task_id)

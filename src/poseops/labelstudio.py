@@ -175,6 +175,14 @@ class LabelStudioClient:
         ids = data.get("task_ids")
         if ids is None or len(ids) != len(tasks):
             raise LabelStudioError(f"Label Studio created {data.get('task_count')} of {len(tasks)} tasks: {data}")
+        for kind in ("annotations", "predictions"):
+            sent = sum(len(t.get(kind) or []) for t in tasks)
+            kept = data.get(f"{kind[:-1]}_count") or 0
+            if kept != sent:
+                raise LabelStudioError(
+                    f"Label Studio created the tasks {ids[0]}..{ids[-1]} but kept {kept} of {sent} {kind}; "
+                    "see its log. Delete those tasks and upload again."
+                )
         return list(ids)
 
     def create_prediction(self, task_id: int, result: list[dict], model_version: str, score: float | None = None) -> int:

@@ -1,0 +1,486 @@
+"""Pull a Label Studio project into a validated, DVC-versioned YOLO-pose dataset.
+
+The steps, each a plain function (the Prefect flow in `flows/pull_labels.py` runs them
+as tasks): export a snapshot, check the labels are ready, fetch the images through a
+content-addressed cache, convert into a temporary directory, swap it into place, and
+record the result with DVC (pushed to the configured remote) and git.
+
+A failed pull leaves the previous dataset untouched: nothing is written to
+`data/<name>` until the new dataset is complete. Two pulls of one dataset at once:
+the second fails at once, saying so.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from poseops.labelstudio import LabelStudioClient, LabelStudioError
+from poseops.settings import Settings
+from poseops.skeleton import Skeleton
+
+
+class NotReady(RuntimeError):
+    """The labels are not ready to train on; the message says why and what to do."""
+
+
+class PullError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    min_images: int = 8
+    min_images_recommended: int = 250
+    val_fraction: float = 0.2
+    allow_unlabeled: bool = False
+    data_root: Path = Path("data")
+    workers: int = 8
+    version: bool = True  # record with DVC (+ push) and git
+    commit: bool = True  # commit the .dvc file to git
+
+
+PULL_KEYS = {"min_images": int, "min_images_recommended": int, "val_fraction": float, "allow_unlabeled": bool,
+             "data_root": str, "workers": int}
+
+
+def pull_options(section: dict | None, **overrides) -> PullOptions:
+    """Options from the `pull` section of params.yaml (validated), then explicit overrides."""
+    values: dict = {}
+    for key, value in (section or {}).items():
+        if key not in PULL_KEYS:
+            raise PullError(f"params.yaml: unknown key pull.{key} (allowed: {', '.join(sorted(PULL_KEYS))})")
+        kind = PULL_KEYS[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise PullError(f"params.yaml: pull.{key} must be a {kind.__name__}, not {value!r}")
+        values[key] = Path(value) if key == "data_root" else value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    options = PullOptions(**values)
+    if not 0 < options.val_fraction < 1:
+        raise PullError(f"params.yaml: pull.val_fraction must be between 0 and 1, not {options.val_fraction}")
+    if options.min_images < 2 or options.workers < 1:
+        raise PullError("params.yaml: pull.min_images must be at least 2 (one image each for train and val), workers at least 1")
+    return options
+
+
+@dataclass
+class Snapshot:
+    project_id: int
+    export_id: int
+    tasks: list[dict]
+
+
+@dataclass
+class PullResult:
+    dataset_dir: Path
+    manifest: dict
+    warnings: list[str] = field(default_factory=list)
+    dvc_md5: str | None = None
+    pushed: bool = False
+    git_commit: str | None = None
+    record: dict = field(default_factory=dict)
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+def export_snapshot(client: LabelStudioClient, project_id: int, timeout: float = 600.0) -> Snapshot:
+    """Create an export snapshot of every task (labeled or not), wait for it, download its JSON."""
+    sdk = client.sdk
+    try:
+        export = sdk.projects.exports.create(project_id, title=f"poseops pull {datetime.now(UTC):%Y-%m-%d %H:%M:%S}")
+        deadline = time.monotonic() + timeout
+        status = export.status
+        while status not in ("completed", "failed"):
+            if time.monotonic() > deadline:
+                raise LabelStudioError(f"export snapshot {export.id} of project {project_id} not ready after {timeout:.0f} s")
+            time.sleep(0.5)
+            status = sdk.projects.exports.get(project_id, export.id).status
+        if status == "failed":
+            raise LabelStudioError(f"Label Studio failed to build export snapshot {export.id}; see its log")
+        raw = b"".join(sdk.projects.exports.download(project_id, export.id, export_type="JSON"))
+    except LabelStudioError:
+        raise
+    except Exception as e:  # the SDK raises its own HTTP and connection errors
+        raise LabelStudioError(
+            f"exporting project {project_id} from Label Studio at {client.url} failed ({type(e).__name__}: "
+            f"{str(e)[:300]}). Is it running? `poseops labelstudio status`"
+        ) from None
+    try:
+        tasks = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise LabelStudioError(f"export snapshot {export.id} is not JSON ({e})") from None
+    if not isinstance(tasks, list):
+        raise LabelStudioError(f"export snapshot {export.id} is not a list of tasks")
+    return Snapshot(project_id, export.id, tasks)
+
+
+# --- the ready gate ------------------------------------------------------------------------
+
+
+@dataclass
+class Readiness:
+    labeled: list[dict]
+    unlabeled_ids: list[int]
+    skipped_ids: list[int]
+    warnings: list[str]
+
+
+def check_ready(tasks: list[dict], options: PullOptions, dataset: str) -> Readiness:
+    """Which tasks are training data; refuse (NotReady) when the project is not ready to train on."""
+    from poseops.convert import choose_annotation
+
+    labeled, unlabeled, skipped = [], [], []
+    for task in tasks:
+        annotation, problem = choose_annotation(task)
+        if annotation is not None:
+            labeled.append(task)
+        elif problem is not None and problem.kind == "cancelled":  # skipped by the annotator: not training data
+            skipped.append(task["id"])
+        else:
+            unlabeled.append(task["id"])
+    warnings: list[str] = []
+    if unlabeled:
+        ids = ", ".join(map(str, unlabeled[:50])) + (" ..." if len(unlabeled) > 50 else "")
+        message = f"{len(unlabeled)} of {len(tasks)} tasks of {dataset!r} are not labeled (task ids: {ids})"
+        if not options.allow_unlabeled:
+            raise NotReady(f"{message}. Label them all in Label Studio (or skip the ones that should not be used), "
+                           "then pull again; to train on the labeled ones only, pass --allow-unlabeled.")
+        warnings.append(f"{message}; going on without them (--allow-unlabeled)")
+    if len(labeled) < options.min_images:
+        raise NotReady(f"{dataset!r} has {len(labeled)} labeled images; at least {options.min_images} are needed "
+                       f"(params.yaml pull.min_images). Upload and label more: `poseops dataset upload {dataset} PATH`.")
+    if len(labeled) < options.min_images_recommended:
+        warnings.append(f"only {len(labeled)} labeled images; {options.min_images_recommended} or more are recommended "
+                        "for a model that generalizes")
+    return Readiness(labeled, unlabeled, skipped, warnings)
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+class ImageCache:
+    """Images by content hash under `<home>/cache/images` (`<sha256>.<type>`), with the URL each came from."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.index_path = root / "urls.json"
+        self.urls: dict[str, str] = json.loads(self.index_path.read_text()) if self.index_path.is_file() else {}
+
+    def _find(self, sha256: str) -> Path | None:
+        return next(iter((self.root / sha256[:2]).glob(f"{sha256}.*")), None)
+
+    def lookup(self, task: dict) -> Path | None:
+        data = task.get("data") or {}
+        sha = data.get("sha256") or self.urls.get(str(data.get("image")))
+        return self._find(sha) if isinstance(sha, str) and len(sha) == 64 else None
+
+    def store(self, url: str, content: bytes) -> Path:
+        sha = hashlib.sha256(content).hexdigest()
+        path = self._find(sha)
+        if path is None:
+            path = self.root / sha[:2] / f"{sha}{image_suffix(content, url)}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{sha}.{os.getpid()}.tmp")
+            tmp.write_bytes(content)
+            tmp.replace(path)
+        self.urls[url] = sha
+        return path
+
+    def save_index(self) -> None:
+        tmp = self.index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.urls))
+        tmp.replace(self.index_path)
+
+
+_PIL_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "MPO": ".jpg"}
+
+
+def image_suffix(content: bytes, url: str) -> str:
+    """The file type of downloaded image bytes, from the content itself (the URL's suffix may lie)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(content)) as im:
+            return _PIL_SUFFIX.get(im.format or "", ".bin")
+    except (UnidentifiedImageError, OSError):
+        return ".bin"  # not an image: the converter reports it
+
+
+def fetch_images(
+    client: LabelStudioClient, tasks: list[dict], cache: ImageCache, workers: int = 8,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[dict[int, Path], int]:
+    """Each task's image as a local file (cache first). Returns (task id → path, number downloaded)."""
+    paths: dict[int, Path] = {}
+    missing: list[dict] = []
+    for task in tasks:
+        hit = cache.lookup(task)
+        if hit is not None:
+            paths[task["id"]] = hit
+            if on_progress:
+                on_progress(1)
+        else:
+            missing.append(task)
+
+    def download(task: dict) -> tuple[int, Path]:
+        url = (task.get("data") or {}).get("image")
+        if not isinstance(url, str) or not url:
+            raise PullError(f"task {task['id']} has no image URL in data.image")
+        return task["id"], cache.store(url, client.download(url))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for task_id, path in pool.map(download, missing):
+            paths[task_id] = path
+            if on_progress:
+                on_progress(1)
+    cache.save_index()
+    return paths, len(missing)
+
+
+def image_sha256(path: Path) -> str:
+    """The content hash of a cached image (its file name), or computed for any other file."""
+    stem = path.stem
+    if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem):
+        return stem
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- the dataset directory --------------------------------------------------------------------
+
+
+@contextmanager
+def dataset_lock(data_root: Path, name: str) -> Iterator[None]:
+    """One pull per dataset at a time: the second fails clearly instead of mixing two datasets."""
+    data_root.mkdir(parents=True, exist_ok=True)
+    ignore_scratch_files(data_root)
+    lock_path = data_root / f".{name}.lock"
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise PullError(f"another pull of {name!r} is running ({holder}); wait for it to finish, then pull again") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+SCRATCH_PATTERNS = ("/.*.lock", "/.*.tmp", "/.*.old")
+
+
+def ignore_scratch_files(data_root: Path) -> None:
+    """Keep pull's lock and temporary folders out of git (DVC adds its own lines to the same file)."""
+    ignore = data_root / ".gitignore"
+    lines = ignore.read_text().splitlines() if ignore.is_file() else []
+    missing = [p for p in SCRATCH_PATTERNS if p not in lines]
+    if missing:
+        ignore.write_text("\n".join([*lines, *missing]) + "\n")
+
+
+def swap_into_place(new_dir: Path, target: Path) -> None:
+    """Replace `target` with the complete `new_dir` (two renames; the old one is removed last)."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new_dir.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# --- DVC and git -------------------------------------------------------------------------------------
+
+
+def _run(cmd: list[str], cwd: Path, what: str) -> str:
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise PullError(f"{what} failed: {(r.stderr or r.stdout).strip()[-1500:]}")
+    return r.stdout
+
+
+def dvc(args: list[str], cwd: Path, what: str) -> str:
+    return _run([sys.executable, "-m", "dvc", *args], cwd, what)
+
+
+def repo_root(path: Path) -> Path:
+    r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise PullError(f"{path.resolve()} is not inside a git repository; DVC versions datasets in git. "
+                        "Run `git init` there (or pass --no-version).")
+    return Path(r.stdout.strip())
+
+
+def ensure_dvc(root: Path, settings: Settings) -> None:
+    """DVC initialized in the repository, with a default remote (a local folder on first use)."""
+    if not (root / ".dvc").is_dir():
+        dvc(["init", "-q"], root, "dvc init")
+    if not dvc(["remote", "list"], root, "dvc remote list").strip():
+        remote = (settings.home / "dvc-remote").resolve()
+        remote.mkdir(parents=True, exist_ok=True)
+        dvc(["remote", "add", "-d", "local", str(remote)], root, "dvc remote add")
+
+
+def dvc_md5(dvc_file: Path) -> str:
+    import yaml
+
+    outs = yaml.safe_load(dvc_file.read_text())["outs"]
+    return outs[0]["md5"]
+
+
+def version_dataset(
+    dataset_dir: Path, settings: Settings, message: str, record: dict, commit: bool = True
+) -> tuple[str, bool, str | None]:
+    """`dvc add` + `dvc push` the dataset and commit its .dvc file and pull record.
+
+    The pull record is rewritten only when the data changed, so it always describes the
+    version it sits beside. Returns (DVC hash, pushed, git commit).
+    """
+    root = repo_root(dataset_dir.parent)
+    ensure_dvc(root, settings)
+    rel = dataset_dir.resolve().relative_to(root)
+    dvc_file = root / f"{rel}.dvc"
+    before = dvc_md5(dvc_file) if dvc_file.is_file() else None
+    dvc(["add", "-q", str(rel)], root, f"dvc add {rel}")
+    md5 = dvc_md5(dvc_file)
+    record_path = pull_record_path(dataset_dir)
+    if md5 != before or not record_path.is_file():
+        record_path.write_text(json.dumps({**record, "dvc_md5": md5}, indent=2) + "\n")
+    try:
+        dvc(["push", "-q", str(dvc_file.relative_to(root))], root, "dvc push")
+        pushed = True
+    except PullError:
+        pushed = False  # the version is in the local cache; `dvc push` later completes it
+    git_commit = None
+    if commit:
+        paths = [str(dvc_file.relative_to(root)), str(record_path.resolve().relative_to(root)),
+                 str(rel.parent / ".gitignore"), ".dvc/config", ".dvcignore", ".dvc/.gitignore"]
+        paths = [p for p in paths if (root / p).exists()]
+        _run(["git", "add", "--", *paths], root, "git add")
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], cwd=root)
+        if staged.returncode != 0:
+            _run(["git", "commit", "-q", "-m", message, "--", *paths], root, "git commit")
+        git_commit = _run(["git", "rev-parse", "HEAD"], root, "git rev-parse").strip()
+    return md5, pushed, git_commit
+
+
+# --- the whole pull ----------------------------------------------------------------------------------
+
+
+def build_dataset(
+    settings: Settings,
+    name: str,
+    skeleton: Skeleton,
+    options: PullOptions,
+    snapshot: Snapshot,
+    ready: Readiness,
+    images: dict[int, Path],
+    label_studio_url: str,
+    say: Callable[[str], None] = lambda _: None,
+) -> PullResult:
+    """Split, convert into a temporary directory, swap it into `data/<name>`, version it with DVC.
+
+    Call inside `dataset_lock`. Nothing under `data/<name>` changes unless the new dataset is complete.
+    """
+    from poseops.convert import convert_export, split_for
+
+    split = {task_id: split_for(image_sha256(path), options.val_fraction) for task_id, path in images.items()}
+    n_val = sum(1 for s in split.values() if s == "val")
+    if n_val == 0 or n_val == len(split):
+        raise NotReady(
+            f"the split of {len(split)} images gives {n_val} for validation and {len(split) - n_val} for training "
+            f"(pull.val_fraction = {options.val_fraction}); both need images: label more images or change val_fraction"
+        )
+    target = options.data_root / name
+    tmp = options.data_root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        report = convert_export(ready.labeled, skeleton, images, tmp, split)
+        relocate_data_yaml(tmp / "data.yaml", target)
+        manifest = {  # content only: an unchanged project gives an identical dataset (and DVC hash)
+            "dataset": name,
+            "label_studio_project_id": snapshot.project_id,
+            "labeled_tasks": len(ready.labeled),
+            "train_images": len(split) - n_val,
+            "val_images": n_val,
+            "conversion": report_dict(report),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_into_place(tmp, target)
+    result = PullResult(target, manifest, warnings=list(ready.warnings))
+    record = {
+        "dataset": name,
+        "label_studio_url": label_studio_url,
+        "label_studio_project_id": snapshot.project_id,
+        "export_snapshot_id": snapshot.export_id,
+        "pulled_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tasks": len(snapshot.tasks),
+        "labeled_tasks": len(ready.labeled),
+        "unlabeled_task_ids": ready.unlabeled_ids,
+        "skipped_task_ids": ready.skipped_ids,
+    }
+    if options.version:
+        message = f"pull {name}: Label Studio snapshot {snapshot.export_id}, {len(ready.labeled)} labeled images"
+        result.dvc_md5, result.pushed, result.git_commit = version_dataset(
+            target, settings, message, record, options.commit)
+        say(f"DVC version {result.dvc_md5} ({'pushed' if result.pushed else 'NOT pushed: run `dvc push` later'})")
+        if not result.pushed:
+            result.warnings.append("the DVC remote did not take the dataset; run `dvc push` when it is reachable")
+    else:
+        pull_record_path(target).write_text(json.dumps(record, indent=2) + "\n")
+    result.record = json.loads(pull_record_path(target).read_text())
+    return result
+
+
+def pull_record_path(dataset_dir: Path) -> Path:
+    """`data/<name>.pull.json`: where the current dataset version came from (git-tracked, beside its .dvc file)."""
+    return dataset_dir.with_name(f"{dataset_dir.name}.pull.json")
+
+
+def relocate_data_yaml(data_yaml: Path, target: Path) -> None:
+    """Point data.yaml at the dataset's final place, relative (`data/<name>`): the same on every clone.
+
+    Training runs from the repository root (as `dvc repro` does), where this path resolves.
+    """
+    import yaml
+
+    data = yaml.safe_load(data_yaml.read_text())
+    data["path"] = target.as_posix()
+    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+
+
+def report_dict(report) -> dict:
+    """The converter's report as JSON data, without the (temporary, machine-specific) paths."""
+    d = report.to_dict()
+    for key in ("out_dir", "data_yaml"):
+        d.pop(key, None)
+    return d

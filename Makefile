@@ -50,7 +50,7 @@ test-unit: install
 	$(VENV)/bin/pytest -m "not integration"
 
 lint: install
-	$(VENV)/bin/ruff check src tests flows pipelines bentos benchmarks
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf .pytest_cache .ruff_cache

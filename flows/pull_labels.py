@@ -65,9 +65,9 @@ def load_options(params_file: Path, **overrides) -> steps.PullOptions:
 
 @flow(name="pull-labels")
 def pull_labels(dataset: str = "demo-people", params_file: str = "params.yaml", allow_unlabeled: bool | None = None,
-                version: bool = True) -> dict:
+                version: bool = True, commit: bool = True) -> dict:
     """Export the project's labels, check they are ready, convert them, and version the dataset with DVC."""
-    options = load_options(Path(params_file), allow_unlabeled=allow_unlabeled, version=version)
+    options = load_options(Path(params_file), allow_unlabeled=allow_unlabeled, version=version, commit=commit)
     with steps.dataset_lock(options.data_root, dataset):
         snapshot = export_labels(dataset)
         ready = check_ready(snapshot, options, dataset)

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from poseops import labelstudio_server
-from poseops.settings import Settings
+from poseops.settings import Settings, quiet_telemetry
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("POSEOPS_SHARED_DIR", ROOT.parent / "shared"))
 SHARED_DATASETS = Path(os.environ.get("POSEOPS_SHARED_DATASETS", SHARED / "datasets"))
 PERSON_SPEC = ROOT / "label_config" / "skeletons" / "person.yaml"
 
+quiet_telemetry()
 os.environ.setdefault("YOLO_OFFLINE", "true")
 if (SHARED / "weights").is_dir():
     os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(SHARED / "weights"))

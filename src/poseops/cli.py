@@ -18,9 +18,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from poseops import labelstudio_server
-from poseops.settings import ensure_label_studio_credentials, load_settings
+from poseops.settings import ensure_label_studio_credentials, load_settings, quiet_telemetry
 from poseops.skeleton import SkeletonError, load_skeleton
 
+quiet_telemetry()
 app = typer.Typer(help="poseops: skeleton spec → Label Studio → dataset → YOLO-pose → service → pre-labels.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 labelstudio_app = typer.Typer(help="Run a local Label Studio server (its own virtualenv, 127.0.0.1).", no_args_is_help=True)

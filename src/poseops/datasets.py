@@ -167,6 +167,7 @@ class UploadReport:
     uploaded: list[tuple[Path, int]] = field(default_factory=list)
     duplicates: list[tuple[Path, int]] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    annotated: list[tuple[Path, int]] = field(default_factory=list)  # existing tasks that got the given labels
 
 
 def template_prediction(skeleton: Skeleton, record: DatasetRecord, width: int, height: int) -> dict:
@@ -257,6 +258,11 @@ def upload_images(
             flush()
     flush()
     report.duplicates = [(path, seen[sha]) for path, sha in duplicates]
+    if labels is not None:  # labels for images already there: annotate the tasks nobody annotated yet
+        for path, task_id in report.duplicates:
+            if path in labels and not client.get_task(task_id).get("annotations"):
+                client.create_annotation(task_id, labels[path])
+                report.annotated.append((path, task_id))
     if report.uploaded:
         show_predictions_of(client, project.id, TEMPLATE_VERSION, only_if_unset=True)
     return report

@@ -15,6 +15,16 @@ ENV_FILE = ".env"
 SECRET_FIELDS = {"label_studio_password", "label_studio_token"}
 
 
+# The tools' usage reporting: off (and offline it only fails loudly).
+TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1",
+                 "BENTOML_DO_NOT_TRACK": "true", "MLFLOW_ENABLE_TELEMETRY": "false"}
+
+
+def quiet_telemetry() -> None:
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """`KEY=value` lines of a dotenv file; comments and blank lines ignored."""
     values: dict[str, str] = {}

@@ -50,3 +50,25 @@ def test_a_bad_spec_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert f"{spec}:5: connection [x, elbow] of class 'a' names unknown keypoint 'elbow'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_convert_an_export_from_the_command_line(tmp_path):
+    from conftest import SHARED_DATASETS
+    from poseops.coco import read_yolo_pose, to_label_studio_tasks
+    from poseops.skeleton import load_skeleton
+
+    coco8 = SHARED_DATASETS / "coco8-pose"
+    images = read_yolo_pose(coco8, "train", ["person"])
+    tasks = to_label_studio_tasks(load_skeleton(PERSON_SPEC), images, image_url=lambda im: f"/data/upload/3/0a1b2c3d-{im.file_name}")
+    tasks.append({"id": 99, "data": {"image": "../../etc/passwd"}, "annotations": [{"id": 99, "result": []}]})
+    export = tmp_path / "export.json"
+    export.write_text(__import__("json").dumps(tasks))
+    out = tmp_path / "dataset"
+    result = poseops("convert", str(export), "--skeleton", str(PERSON_SPEC), "--images", str(coco8 / "images" / "train"),
+                     "--out", str(out), "--val-fraction", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert "no image in" in result.stderr and "99" in result.stderr
+    labels = list((out / "labels").rglob("*.txt"))
+    assert len(labels) == 4 and sum(len(p.read_text().splitlines()) for p in labels) == sum(len(i.poses) for i in images)
+    assert result.stdout.startswith(f"wrote {out}")
+    assert not any("passwd" in str(p) for p in out.rglob("*"))

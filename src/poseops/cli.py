@@ -201,6 +201,37 @@ def dataset_info(name: Annotated[str, typer.Argument(help="Dataset name")]) -> N
         console.print_json(json.dumps(dataset_summary(client, name)))
 
 
+@app.command("convert")
+@user_errors
+def convert(
+    export: Annotated[Path, typer.Argument(help="Label Studio JSON export (a list of tasks)")],
+    skeleton: Annotated[Path, typer.Option(help="Skeleton spec YAML")] = Path("label_config/skeletons/person.yaml"),
+    images: Annotated[Path, typer.Option(help="Folder with the tasks' image files (matched by file name)")] = Path("."),
+    out: Annotated[Path, typer.Option(help="Empty folder for the YOLO-pose dataset")] = Path("dataset"),
+    val_fraction: Annotated[float, typer.Option(help="Share of images for validation (by content hash)")] = 0.2,
+) -> None:
+    """Convert a Label Studio export into a YOLO-pose dataset (labels, images, data.yaml)."""
+    from poseops.convert import ExportError, convert_export, load_export, match_images
+
+    try:
+        tasks = load_export(export)
+        spec = load_skeleton(skeleton)
+        paths, missing = match_images(tasks, images)
+        labeled = [t for t in tasks if t.get("id") in paths]
+        report = convert_export(labeled, spec, paths, out, val_fraction=val_fraction)
+    except (ExportError, FileExistsError, NotADirectoryError) as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(1) from None
+    if missing:
+        err_console.print(f"[yellow]warning:[/] no image in {escape(str(images))} for {len(missing)} task(s): "
+                          f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}", highlight=False)
+    for problem in [*report.problems, *report.skipped_tasks]:
+        err_console.print(f"[yellow]{problem.kind}[/] task {problem.task_id}: {escape(problem.message)}", highlight=False)
+    d = report.to_dict()
+    console.print(f"wrote {out}: {d['images']['train']} train / {d['images']['val']} val images, {d['objects']} objects, "
+                  f"{d['keypoints']} keypoints; {len(report.problems)} problems, {len(report.skipped_tasks)} tasks skipped")
+
+
 # --- pulling labels ----------------------------------------------------------------------------
 
 

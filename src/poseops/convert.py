@@ -682,3 +682,37 @@ class _DatasetWriter:
         elif not report.images["train"]:
             report.warnings.append("no training image: lower val_fraction or label more images")
         return report
+
+
+# --- matching an export's tasks to a folder of images -----------------------------------
+
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
+
+
+def match_images(tasks: Iterable[dict], images_dir: str | Path) -> tuple[dict[Any, Path], list[Any]]:
+    """Task id → image file in `images_dir`, by the task's file name; and the ids with no such file.
+
+    Tried in order: `data.source` (set by `poseops dataset upload`), the base name of
+    `data.image`, and that name without Label Studio's `<8 hex>-` upload prefix. Only base
+    names are used, so no task can point outside `images_dir`.
+    """
+    root = Path(images_dir).resolve()
+    found: dict[Any, Path] = {}
+    missing: list[Any] = []
+    for task in tasks:
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        names = []
+        for value in (data.get("source"), data.get("image")):
+            if isinstance(value, str) and value:
+                base = value.replace("\\", "/").rsplit("/", 1)[-1].split("?", 1)[0]
+                names += [base, _UPLOAD_PREFIX.sub("", base)]
+        for name in names:
+            if name in ("", ".", ".."):
+                continue
+            candidate = root / name
+            if candidate.is_file() and candidate.resolve().parent == root:
+                found[task.get("id")] = candidate
+                break
+        else:
+            missing.append(task.get("id"))
+    return found, missing

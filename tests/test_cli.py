@@ -54,6 +54,7 @@ def test_a_bad_spec_is_one_clear_line(tmp_path):
 
 def test_convert_an_export_from_the_command_line(tmp_path):
     from conftest import SHARED_DATASETS
+
     from poseops.coco import read_yolo_pose, to_label_studio_tasks
     from poseops.skeleton import load_skeleton
 

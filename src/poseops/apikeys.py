@@ -22,8 +22,8 @@ import json
 import re
 import secrets
 import sqlite3
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml

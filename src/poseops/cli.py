@@ -253,6 +253,32 @@ def pull(
                   f"{summary['val_images']} val images, DVC version {summary.get('dvc_md5')}")
 
 
+# --- autolabel ------------------------------------------------------------------------------------
+
+
+@app.command("autolabel")
+@user_errors
+def autolabel(
+    name: Annotated[str, typer.Argument(help="Dataset name")],
+    url: Annotated[str | None, typer.Option(help="The deployed service's URL (e.g. http://127.0.0.1:3000)")] = None,
+    weights: Annotated[str | None, typer.Option(help="Or a weights file, run in-process")] = None,
+    model_version: Annotated[str | None, typer.Option(help="Label for the predictions (default: the service's registered version)")] = None,
+    redo: Annotated[bool, typer.Option(help="Also replace this version's earlier predictions")] = False,
+    params: Annotated[Path, typer.Option(help="params.yaml with the `autolabel` section")] = Path("params.yaml"),
+) -> None:
+    """Pre-label every task nobody labeled with the model's predictions; least confident first in the queue."""
+    from flows.autolabel import autolabel as autolabel_flow
+
+    if not url and not weights:
+        err_console.print("[bold red]error:[/] give the service's URL (--url) or a weights file (--weights)")
+        raise typer.Exit(1)
+    summary = autolabel_flow(dataset=name, service_url=url, weights=weights, model_version=model_version, redo=redo,
+                             params_file=str(params))
+    console.print(f"{summary['model_version']}: pre-labeled {summary['predicted']} task(s) of {name!r}; "
+                  f"{summary['skipped_labeled']} labeled and {summary['skipped_done']} already pre-labeled were left; "
+                  f"{len(summary['failed'])} failed")
+
+
 # --- the demo ---------------------------------------------------------------------------------
 
 
@@ -278,6 +304,15 @@ def demo_down() -> None:
     """Stop every server the demo started."""
     settings = load_settings()
     console.print("Label Studio stopped" if labelstudio_server.down(settings) else "Label Studio was not running")
+
+
+def _register_commands() -> None:
+    from poseops.cli_serve import register as register_serve
+
+    register_serve(app)
+
+
+_register_commands()
 
 
 def main() -> None:

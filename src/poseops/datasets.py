@@ -147,18 +147,26 @@ def read_image(path: Path) -> ImageFile:
     try:
         with Image.open(io.BytesIO(content)) as im:
             im.load()  # decodes every pixel: truncated files fail here
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            width, height = displayed_size(im)
     except UnidentifiedImageError:
         raise ValueError("not an image: its content is in no format Pillow can decode") from None
     except Image.DecompressionBombError as e:
         raise ValueError(f"refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"a broken image ({e})") from None
-    if orientation in _QUARTER_TURNS:
-        width, height = height, width
     return ImageFile(path, content, hashlib.sha256(content).hexdigest(), width, height,
                      CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+
+
+def displayed_size(im: Image.Image) -> tuple[int, int]:
+    """Width and height as shown (browsers and Label Studio follow the EXIF orientation)."""
+    width, height = im.size
+    return (height, width) if im.getexif().get(0x0112, 1) in _QUARTER_TURNS else (width, height)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return displayed_size(im)
 
 
 @dataclass

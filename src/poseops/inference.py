@@ -19,7 +19,6 @@ image, and `keypoints` (`{name, x, y, confidence}` in skeleton order).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from poseops.convert import file_sha256
 from poseops.skeleton import Skeleton
 from poseops.weights import prepare_ultralytics, resolve_weights
 
@@ -47,14 +47,6 @@ class ModelError(RuntimeError):
 
 def poseops_home() -> Path:
     return Path(os.environ.get("POSEOPS_HOME", ".poseops"))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_onnx(weights: str | Path, imgsz: int = DEFAULT_IMGSZ, cache_dir: Path | None = None) -> Path:
@@ -191,7 +183,7 @@ def detections_from_result(result: Any, skeleton: Skeleton) -> list[dict[str, An
         cls = skeleton.classes[classes[i]]
         keypoints = []
         if kpts is not None:
-            for kp, row in zip(cls.keypoints, kpts[i]):
+            for kp, row in zip(cls.keypoints, kpts[i], strict=True):
                 keypoints.append(
                     {
                         "name": kp.name,
@@ -222,6 +214,11 @@ def _bgr(color: str) -> tuple[int, int, int]:
     return (b, g, r)
 
 
+def _visible(points: dict[str, dict[str, Any]], name: str) -> bool:
+    point = points.get(name)
+    return point is not None and (point["confidence"] is None or point["confidence"] >= KEYPOINT_DRAW_THRESHOLD)
+
+
 def draw_detections(image_bgr: np.ndarray, detections: list[dict[str, Any]], skeleton: Skeleton) -> np.ndarray:
     """A copy of the image with boxes, connections and keypoints in the skeleton spec's colours."""
     import cv2
@@ -235,17 +232,12 @@ def draw_detections(image_bgr: np.ndarray, detections: list[dict[str, Any]], ske
         label = f"{det['class']} {det['confidence']:.2f}"
         cv2.putText(canvas, label, (x, max(12 * scale, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, _bgr(cls.color), scale)
         points = {k["name"]: k for k in det["keypoints"]}
-
-        def visible(name: str) -> bool:
-            p = points.get(name)
-            return p is not None and (p["confidence"] is None or p["confidence"] >= KEYPOINT_DRAW_THRESHOLD)
-
         for edge in cls.connections:
-            if visible(edge.a) and visible(edge.b):
+            if _visible(points, edge.a) and _visible(points, edge.b):
                 a, b = points[edge.a], points[edge.b]
                 cv2.line(canvas, (int(a["x"]), int(a["y"])), (int(b["x"]), int(b["y"])), _bgr(edge.color), 2 * scale, cv2.LINE_AA)
         for kp in cls.keypoints:
-            if visible(kp.name):
+            if _visible(points, kp.name):
                 p = points[kp.name]
                 cv2.circle(canvas, (int(p["x"]), int(p["y"])), 3 * scale, _bgr(kp.color), -1, cv2.LINE_AA)
     return canvas

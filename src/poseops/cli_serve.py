@@ -1,0 +1,264 @@
+"""CLI commands of the detection service: `serve`, `detect`, `predict`, `api-key`.
+
+`register(app)` adds them to the `poseops` Typer app; `python -m poseops.cli_serve`
+runs them on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from poseops.detector import DEFAULT_SKELETON, DEFAULT_WEIGHTS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+
+WeightsOpt = Annotated[str, typer.Option(help="a .pt checkpoint or .onnx export (bare names are looked up in POSEOPS_WEIGHTS_DIR)")]
+SkeletonOpt = Annotated[Path, typer.Option(help="the skeleton spec the model was trained with")]
+RuntimeOpt = Annotated[str, typer.Option(help="onnx (a .pt is exported once to a cached .onnx) or torch")]
+ConfOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="confidence threshold")]
+IouOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="IoU threshold of non-maximum suppression")]
+
+
+def default_service_dir() -> Path:
+    for candidate in (Path.cwd() / "bentos", Path(__file__).resolve().parents[2] / "bentos"):
+        if (candidate / "service.py").is_file():
+            return candidate
+    raise typer.BadParameter("cannot find bentos/service.py: run from the repository root or pass --service-dir")
+
+
+def serve(
+    weights: WeightsOpt = DEFAULT_WEIGHTS,
+    skeleton: SkeletonOpt = Path(DEFAULT_SKELETON),
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 3000,
+    runtime: RuntimeOpt = "onnx",
+    imgsz: Annotated[int, typer.Option(help="model input size")] = 640,
+    api_keys: Annotated[Path | None, typer.Option(help="keys file (see `poseops api-key`); requests then need a key")] = None,
+    lineage: Annotated[Path | None, typer.Option(help="lineage JSON written by the deploy step")] = None,
+    service_dir: Annotated[Path | None, typer.Option(help="folder holding service.py (default: ./bentos)")] = None,
+) -> None:
+    """Serve the model over HTTP with `bentoml serve`: POST /detect, playground at /, docs at /docs."""
+    from poseops.detector import Detector, ServiceConfig
+    from poseops.inference import poseops_home
+    from poseops.weights import resolve_weights
+
+    resolved = resolve_weights(weights)
+    config = ServiceConfig(
+        weights=str(Path(resolved).resolve()) if Path(resolved).is_file() else weights,
+        skeleton=skeleton,
+        runtime=runtime,
+        imgsz=imgsz,
+        api_keys=api_keys,
+        lineage=lineage,
+    )
+    try:
+        Detector(config)  # checks paths, spec, keys and lineage now, before the server starts
+    except (ValueError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    env = {**os.environ, **config.to_env(), "POSEOPS_HOME": str(poseops_home().resolve())}
+    command = [
+        sys.executable, "-m", "bentoml", "serve", "service:PoseDetector",
+        "--working-dir", str((service_dir or default_service_dir()).resolve()),
+        "--host", host, "--port", str(port),
+    ]  # fmt: skip
+    typer.echo(f"poseops: serving {Path(config.weights).name} ({runtime}) on http://{host}:{port}  (playground /, docs /docs)")
+    process = subprocess.Popen(command, env=env)
+    signal.signal(signal.SIGTERM, lambda *_: process.terminate())  # stopping `poseops serve` stops the server
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        code = process.wait(timeout=30)
+    raise typer.Exit(code)
+
+
+def detect(
+    image: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="image file")],
+    url: Annotated[str, typer.Option(envvar="POSEOPS_URL", help="service URL")] = "http://127.0.0.1:3000",
+    fallback_url: Annotated[str | None, typer.Option(envvar="POSEOPS_FALLBACK_URL", help="tried when the main URL keeps failing")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="POSEOPS_API_KEY", help="API key (better given by POSEOPS_API_KEY)")] = None,
+    conf_thres: ConfOpt = 0.25,
+    iou_thres: IouOpt = 0.45,
+    ocr_model: Annotated[str | None, typer.Option(help="small | medium | large")] = None,
+    ocr_classes: Annotated[str | None, typer.Option(help="comma-separated classes whose crops to read")] = None,
+    ocr_language: Annotated[str | None, typer.Option(help="Tesseract language code, e.g. deu")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds per request")] = 60.0,
+    retries: Annotated[int, typer.Option(help="retries per URL on connection errors and 5xx")] = 3,
+) -> None:
+    """Send one image to a running service and print its detections as JSON."""
+    from poseops.client import DetectClient, DetectError
+
+    try:
+        with DetectClient(url, fallback_url, api_key, timeout=timeout, retries=retries) as client:
+            detections = client.detect(image, conf_thres, iou_thres, ocr_model, ocr_classes, ocr_language)
+    except DetectError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(detections, indent=2))
+
+
+def collect_sources(paths: list[Path]) -> list[Path]:
+    """Image and video files: the files given, and those inside the folders given (sorted)."""
+    wanted = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    sources: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            sources += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+        elif path.suffix.lower() in wanted:
+            sources.append(path)
+        else:
+            raise ValueError(f"{path}: not an image or video ({', '.join(sorted(wanted))})")
+    return sources
+
+
+def _frames(source: Path) -> Iterator[tuple[int | None, float | None, np.ndarray | None]]:
+    """(frame index, time in ms, BGR frame) of a video, or (None, None, image) of an image."""
+    import cv2
+
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        yield None, None, cv2.imread(str(source))
+        return
+    capture = cv2.VideoCapture(str(source))
+    try:
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield index, round(capture.get(cv2.CAP_PROP_POS_MSEC), 1), frame
+            index += 1
+    finally:
+        capture.release()
+
+
+def _frame_count(source: Path) -> int:
+    import cv2
+
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        return 1
+    capture = cv2.VideoCapture(str(source))
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    return max(count, 0)
+
+
+def predict(
+    paths: Annotated[list[Path], typer.Argument(exists=True, help="images, videos or folders of them")],
+    out: Annotated[Path, typer.Option(help="JSON lines: one line per image or video frame")],
+    weights: WeightsOpt = DEFAULT_WEIGHTS,
+    skeleton: SkeletonOpt = Path(DEFAULT_SKELETON),
+    runtime: RuntimeOpt = "onnx",
+    imgsz: Annotated[int, typer.Option(help="model input size")] = 640,
+    conf_thres: ConfOpt = 0.25,
+    iou_thres: IouOpt = 0.45,
+    save_dir: Annotated[Path | None, typer.Option(help="write annotated images (and .mp4 for videos) here")] = None,
+) -> None:
+    """Run the model in this process over images, folders and videos; write JSON lines."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from poseops.inference import ModelError, PoseModel, draw_detections
+    from poseops.skeleton import load_skeleton
+
+    try:
+        sources = collect_sources(paths)
+        if not sources:
+            raise ValueError(f"no image or video files in {', '.join(map(str, paths))}")
+        spec = load_skeleton(skeleton)
+        model = PoseModel(weights, spec, runtime, imgsz)
+    except (ValueError, ModelError) as e:  # SkeletonError is a ValueError
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    total = sum(_frame_count(s) for s in sources)
+    lines = detections_total = 0
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
+    with out.open("w", encoding="utf-8") as sink, progress:
+        task = progress.add_task("predict", total=total)
+        for source in sources:
+            writer = None
+            try:
+                for frame, ms, image in _frames(source):
+                    record: dict[str, Any] = {"source": str(source)}
+                    if frame is not None:
+                        record |= {"frame": frame, "time_ms": ms}
+                    if image is None:
+                        record["error"] = "cannot be read as an image"
+                    else:
+                        detections = model.detect(image, conf_thres, iou_thres)
+                        detections_total += len(detections)
+                        record |= {"width": image.shape[1], "height": image.shape[0], "detections": detections}
+                        if save_dir is not None:
+                            writer = _save_annotated(save_dir, source, frame, draw_detections(image, detections, spec), writer)
+                    sink.write(json.dumps(record) + "\n")
+                    lines += 1
+                    progress.advance(task)
+            finally:
+                if writer is not None:
+                    writer.release()
+    typer.echo(f"{lines} lines, {detections_total} detections -> {out}")
+
+
+def _save_annotated(save_dir: Path, source: Path, frame: int | None, image: np.ndarray, writer: Any) -> Any:
+    import cv2
+
+    if frame is None:
+        cv2.imwrite(str(save_dir / source.name), image)
+        return None
+    if writer is None:
+        capture = cv2.VideoCapture(str(source))
+        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+        capture.release()
+        size = (image.shape[1], image.shape[0])
+        writer = cv2.VideoWriter(str(save_dir / f"{source.stem}.annotated.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    writer.write(image)
+    return writer
+
+
+def api_key(
+    name: Annotated[str, typer.Argument(help="who the key is for")],
+    keys_file: Annotated[Path | None, typer.Option(help="keys file (default: $POSEOPS_HOME/api-keys.yaml)")] = None,
+    monthly_quota: Annotated[int | None, typer.Option(min=0, help="requests per calendar month; omit for no limit")] = None,
+) -> None:
+    """Make an API key: its hash goes into the keys file, the key itself is printed once."""
+    from poseops.apikeys import add_key
+    from poseops.inference import poseops_home
+
+    path = keys_file or poseops_home() / "api-keys.yaml"
+    try:
+        key = add_key(path, name, monthly_quota)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"added {name!r} to {path}; serve with --api-keys {path}. The key (shown only now):", err=True)
+    typer.echo(key)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the service commands to the `poseops` CLI."""
+    app.command("serve")(serve)
+    app.command("detect")(detect)
+    app.command("predict")(predict)
+    app.command("api-key")(api_key)
+
+
+if __name__ == "__main__":
+    standalone = typer.Typer(help="poseops detection service commands", no_args_is_help=True)
+    register(standalone)
+    standalone()

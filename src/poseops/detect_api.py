@@ -1,0 +1,373 @@
+"""The detection service's HTTP layer: `POST /detect`, the playground, metadata, docs.
+
+A small FastAPI app that the BentoML service mounts (`bentos/service.py`), so it runs
+inside `bentoml serve`; `get_detector` hands it the service's `Detector`. It owns
+request validation and every error body: `{"error": "<code>", "message": "..."}`.
+
+The body is streamed with a cap: a request whose Content-Length says it is over the
+limit is refused before any of it is read, and a chunked one is cut off as soon as
+it passes the limit, so an oversized upload never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request  # FastAPI resolves the handlers' annotations in this module
+from starlette.responses import Response
+
+from poseops.detector import MAX_IMAGE_BYTES, Detector
+
+if TYPE_CHECKING:
+    import numpy as np
+    from fastapi import FastAPI
+    from starlette.types import Receive
+
+log = logging.getLogger(__name__)
+
+FORM_SLACK_BYTES = 64 * 1024  # room for the small form fields and multipart boundaries beside the image
+FIELDS = ("image", "conf_thres", "iou_thres", "ocr_model", "ocr_classes", "ocr_language")
+DEFAULTS = {"conf_thres": 0.25, "iou_thres": 0.45, "ocr_language": "eng"}
+INFERENCE_THREADS = 4  # requests decoded/predicted at once; the model itself runs one image at a time
+
+
+class ApiError(Exception):
+    """A request refused with an HTTP status, an error code and a message saying what to do."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """A BGR array of the uploaded image (EXIF orientation applied), or a 400/413 `ApiError`.
+
+    The pixel count is read from the header and checked before anything is decoded.
+    PIL's own `Image.open` is used: Ultralytics replaces it at import with one that tries
+    to install a HEIF plugin (pip) whenever a file is not an image.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    open_image = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", None) or Image.open
+    if not data:
+        raise ApiError(400, "empty_image", "the 'image' field is empty: attach the image file's bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = open_image(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ApiError(
+            400,
+            "not_an_image",
+            "the 'image' field is not an image this server can read: send a JPEG, PNG, WebP, BMP, TIFF or GIF file",
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb(None, max_pixels) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _bomb((width, height), max_pixels)
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        rgb = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if "truncated" in str(e).lower() or isinstance(e, EOFError):
+            raise ApiError(
+                400, "truncated_image", f"the image data ends early ({e}): upload the complete file"
+            ) from None
+        raise ApiError(400, "not_an_image", f"the image cannot be decoded ({e}): upload an intact image file") from None
+    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+
+
+def _bomb(size: tuple[int, int] | None, max_pixels: int) -> ApiError:
+    declared = f"{size[0]} x {size[1]} = {size[0] * size[1]:,} pixels" if size else "more pixels than PIL allows"
+    return ApiError(
+        413,
+        "decompression_bomb",
+        f"the image declares {declared}, over this server's limit of {max_pixels:,} pixels; "
+        "scale it down before sending",
+    )
+
+
+def parse_threshold(name: str, raw: str | None) -> float:
+    if raw is None or raw.strip() == "":
+        return float(DEFAULTS[name])
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"invalid_{name}", f"{name} {raw!r} is not a number: send a value between 0 and 1, e.g. {DEFAULTS[name]}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ApiError(400, f"invalid_{name}", f"{name} {raw!r} is out of range: send a value between 0 and 1, e.g. {DEFAULTS[name]}")
+    return value
+
+
+def parse_ocr(detector: Detector, model: str | None, classes: str | None, language: str | None) -> tuple[str | None, frozenset[str], str]:
+    """OCR settings: no model and no classes means no OCR; classes alone mean 'small'; a model alone reads every class."""
+    from poseops.ocr import OcrError, check_request
+
+    model = (model or "").strip() or None
+    names = frozenset(c.strip() for c in (classes or "").split(",") if c.strip())
+    language = (language or "").strip() or str(DEFAULTS["ocr_language"])
+    if model is None and not names:
+        return None, names, language
+    model = model or "small"
+    known = detector.skeleton.class_names
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ApiError(400, "unknown_ocr_class", f"ocr_classes names {', '.join(map(repr, unknown))}, not a class of this model; classes: {', '.join(known)}")
+    try:
+        check_request(model, language)
+    except OcrError as e:
+        raise ApiError(400, e.code, e.message) from None
+    return model, names or frozenset(known), language
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def capped_receive() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _BodyTooLarge
+        return message
+
+    return capped_receive
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        413,
+        "image_too_large",
+        f"the upload is over {MAX_IMAGE_BYTES // (1024 * 1024)} MB: scale the image down or re-encode it (JPEG) before sending",
+        headers={"Connection": "close"},
+    )
+
+
+def error_response(error: ApiError) -> Response:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": error.code, "message": error.message}, status_code=error.status, headers=error.headers)
+
+
+async def read_form(request: Request) -> dict[str, Any]:
+    """The form fields, the image as bytes; 400/413 `ApiError` for anything the API does not take."""
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request as StarletteRequest
+
+    content_type = request.headers.get("content-type", "")
+    if not content_type or content_type.startswith("application/x-www-form-urlencoded"):
+        raise ApiError(  # a plain form or no body: certainly no image file in it
+            400,
+            "missing_image",
+            "no image in the request: send multipart/form-data with the image as a file field named 'image', "
+            "e.g. curl -F image=@photo.jpg URL/detect",
+        )
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(
+            400,
+            "not_multipart",
+            f"POST /detect takes multipart/form-data (got {content_type}): "
+            "send the image as a file field named 'image', e.g. curl -F image=@photo.jpg URL/detect",
+        )
+    limit = MAX_IMAGE_BYTES + FORM_SLACK_BYTES
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large()
+    capped = StarletteRequest(request.scope, _capped(request.receive, limit))
+    try:
+        form = await capped.form(max_files=4, max_fields=len(FIELDS) + 4)
+    except _BodyTooLarge:
+        raise _too_large() from None
+    except HTTPException as e:
+        raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({e.detail}): let your HTTP client build it") from None
+    try:
+        unknown = sorted(set(form.keys()) - set(FIELDS))
+        if unknown:
+            raise ApiError(400, "unknown_field", f"unknown form field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
+        values: dict[str, Any] = {}
+        for name in FIELDS:
+            items = form.getlist(name)
+            if len(items) > 1:
+                raise ApiError(400, "repeated_field", f"the field {name!r} is sent {len(items)} times: send it once (one image per request)")
+            item = items[0] if items else None
+            if name == "image":
+                if item is None:
+                    raise ApiError(400, "missing_image", "no 'image' field: send the image as a multipart file field named 'image'")
+                if not isinstance(item, UploadFile):
+                    raise ApiError(400, "missing_image", "the 'image' field is text, not a file: send it as a file upload (curl -F image=@photo.jpg)")
+                if item.size is not None and item.size > MAX_IMAGE_BYTES:
+                    raise _too_large()
+                values[name] = await item.read()
+            elif isinstance(item, UploadFile):
+                raise ApiError(400, f"invalid_{name}", f"the field {name!r} is a file: send it as a plain form value")
+            else:
+                values[name] = item
+        return values
+    finally:
+        await form.close()
+
+
+def create_app(get_detector: Callable[[], Detector], static_dir: Path) -> FastAPI:
+    """The FastAPI app serving /detect, /metadata, /skeleton, / and /playground, /docs."""
+    import anyio
+    from fastapi import FastAPI
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.exceptions import HTTPException
+    from starlette.responses import FileResponse, JSONResponse
+
+    app = FastAPI(title="poseops", docs_url=None, redoc_url=None, openapi_url=None)
+    limiter = anyio.CapacityLimiter(INFERENCE_THREADS)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Response:  # 404/405 of this app's own routes
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(ApiError(500, "internal_error", "the server failed unexpectedly; it logged the details"))
+
+    @app.post("/detect", tags=["Service APIs"], summary="Detect objects and their keypoints", openapi_extra=_DETECT_OPENAPI)
+    async def detect(request: Request) -> Response:
+        try:
+            detector = get_detector()
+            if not detector.ready:
+                if detector.load_error:
+                    raise ApiError(503, "model_failed", f"the model could not be loaded: {detector.load_error}")
+                raise ApiError(503, "model_not_ready", "the model is still loading: retry in a few seconds (GET /readyz answers 200 once it is ready)", {"Retry-After": "5"})
+            if detector.keys is not None:
+                await _admit(detector, request)
+            values = await read_form(request)
+            conf = parse_threshold("conf_thres", values.get("conf_thres"))
+            iou = parse_threshold("iou_thres", values.get("iou_thres"))
+            ocr_model, ocr_classes, ocr_language = parse_ocr(detector, values.get("ocr_model"), values.get("ocr_classes"), values.get("ocr_language"))
+
+            def run() -> list[dict[str, Any]]:
+                image = decode_image(values["image"], detector.config.max_pixels)
+                return detector.detect(image, conf, iou, ocr_model, ocr_classes, ocr_language)
+
+            return JSONResponse(await anyio.to_thread.run_sync(run, limiter=limiter))
+        except ApiError as e:
+            return error_response(e)
+        except Exception:
+            log.exception("POST /detect failed")
+            return error_response(ApiError(500, "internal_error", "the server failed unexpectedly on this request; it logged the details. Retry, and report it if it persists"))
+
+    @app.get("/metadata", tags=["Service APIs"], summary="Model, lineage and skeleton of this service")
+    async def metadata() -> Response:
+        return JSONResponse(await anyio.to_thread.run_sync(get_detector().metadata))
+
+    @app.get("/skeleton", tags=["Service APIs"], summary="The skeleton spec: keypoint names, colours, connections")
+    async def skeleton() -> Response:
+        return JSONResponse(get_detector().skeleton.to_dict())
+
+    @app.get("/", include_in_schema=False)
+    @app.get("/playground", include_in_schema=False)
+    async def playground() -> Response:
+        return FileResponse(static_dir / "playground.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:  # BentoML's spec (/docs.json) and its bundled Swagger UI files: no CDN
+        return get_swagger_ui_html(
+            openapi_url="/docs.json",
+            title="poseops API",
+            swagger_js_url="/static_content/swagger-ui-bundle.js",
+            swagger_css_url="/static_content/swagger-ui.css",
+            swagger_favicon_url="/static_content/favicon-light-32x32.png",
+        )
+
+    return app
+
+
+async def _admit(detector: Detector, request: Request) -> None:
+    import anyio
+
+    from poseops.apikeys import KeyRefused
+
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "").strip()
+    assert detector.keys is not None
+    try:
+        await anyio.to_thread.run_sync(detector.keys.admit, key or None)
+    except KeyRefused as e:
+        raise ApiError(e.status, e.code, e.message) from None
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+}
+_POINT = {"type": "object", "properties": {k: {"type": "number"} for k in ("x", "y", "confidence")} | {"name": {"type": "string"}}}
+_DETECTION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "class": {"type": "string"},
+        "confidence": {"type": "number"},
+        "x": {"type": "number", "description": "left edge of the box"},
+        "y": {"type": "number", "description": "top edge of the box"},
+        "width": {"type": "number"},
+        "height": {"type": "number"},
+        "keypoints": {"type": "array", "items": _POINT, "description": "in skeleton order"},
+        "text": {"type": "string", "description": "only with OCR, for the ocr_classes"},
+    },
+}
+
+
+def _error_schema(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+_DETECT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": f"the image (JPEG, PNG, ...), at most {MAX_IMAGE_BYTES} bytes"},
+                        "conf_thres": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.25},
+                        "iou_thres": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.45},
+                        "ocr_model": {"type": "string", "enum": ["small", "medium", "large"]},
+                        "ocr_classes": {"type": "string", "description": "comma-separated class names whose crops to read"},
+                        "ocr_language": {"type": "string", "default": "eng", "description": "Tesseract language code(s), e.g. deu or eng+deu"},
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "one object per detection; x, y is the box's top-left corner, all in pixels of the original image",
+            "content": {"application/json": {"schema": {"type": "array", "items": _DETECTION_SCHEMA}}},
+        },
+        "400": _error_schema("a bad field or an image that cannot be decoded"),
+        "401": _error_schema("missing or unknown API key (only when keys are configured)"),
+        "403": _error_schema("the key's monthly request quota is spent"),
+        "413": _error_schema("image over 25 MB, or more pixels than the server allows"),
+        "500": _error_schema("unexpected failure"),
+        "503": _error_schema("the model is still loading"),
+    },
+}

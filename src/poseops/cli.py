@@ -40,12 +40,18 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from poseops.datasets import DatasetError
+        from poseops.deploy import DeployError
         from poseops.labelstudio import LabelStudioError
+        from poseops.params import ParamsError
+        from poseops.processes import ServerError
         from poseops.pull import NotReady, PullError
+        from poseops.tracking import TrackingError
+        from poseops.training import TrainingError
 
         try:
             return fn(*args, **kwargs)
-        except (*USER_ERRORS, DatasetError, LabelStudioError, NotReady, PullError) as e:
+        except (*USER_ERRORS, DatasetError, LabelStudioError, NotReady, PullError, DeployError, ParamsError,
+                ServerError, TrackingError, TrainingError) as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(1) from None
 
@@ -125,6 +131,68 @@ def labelstudio_status() -> None:
                   + (f" (started by poseops, pid {s.pid})" if s.started_here else ""))
     if not s.running:
         raise typer.Exit(1)
+
+
+# --- the Prefect server and the MLflow UI ----------------------------------------------------------
+
+
+def server_commands(name: str, factory_name: str, what: str) -> typer.Typer:
+    """`up` / `down` / `status` for one of the servers in poseops.stack."""
+    group = typer.Typer(help=f"Run {what} on 127.0.0.1 (state under .poseops/).", no_args_is_help=True)
+
+    def server():
+        from poseops import stack
+
+        return getattr(stack, factory_name)(load_settings())
+
+    @group.command("up")
+    @user_errors
+    def up(timeout: Annotated[float, typer.Option(help="Seconds to wait for it to answer")] = 180) -> None:
+        """Start it (or find the running one) and wait until it answers."""
+        s = server()
+        already = s.status().running
+        with err_console.status(f"waiting for {s.name} to answer"):
+            s.up(timeout)
+        console.print(f"{s.name} {'already running' if already else 'started'}: {s.url}")
+
+    @group.command("down")
+    @user_errors
+    def down() -> None:
+        """Stop the one poseops started (and only that one)."""
+        s = server()
+        console.print(f"{s.name} stopped" if s.down() else f"no {s.name} started by poseops is running")
+
+    @group.command("status")
+    @user_errors
+    def status() -> None:
+        """Tell whether it answers."""
+        st = server().status()
+        console.print(f"{st.url}: {'answering' if st.running else 'not answering'}")
+        if not st.running:
+            raise typer.Exit(1)
+
+    app.add_typer(group, name=name)
+    return group
+
+
+server_commands("prefect", "prefect_server", "the Prefect server (API, UI, schedules)")
+server_commands("mlflow", "mlflow_ui", "the MLflow UI over the tracking store")
+
+
+@app.command("serve-flows")
+@user_errors
+def serve_flows() -> None:
+    """Serve every flow as a Prefect deployment with its schedule (params.yaml `schedules`); runs until stopped."""
+    from flows.serve import serve_all
+    from poseops.stack import use_prefect_server
+
+    settings = load_settings()
+    if not use_prefect_server(settings):
+        err_console.print("[bold red]error:[/] no Prefect server answers: start one with `poseops prefect up` "
+                          "(or set PREFECT_API_URL)")
+        raise typer.Exit(1)
+    console.print(f"serving the flows; see them at {settings.prefect_url}/deployments (Ctrl-C stops)")
+    serve_all()
 
 
 # --- datasets -----------------------------------------------------------------------------
@@ -245,7 +313,9 @@ def pull(
 ) -> None:
     """Pull a dataset's labels from Label Studio into data/NAME (YOLO-pose), checked and versioned with DVC."""
     from flows.pull_labels import pull_labels
+    from poseops.stack import use_prefect_server
 
+    use_prefect_server(load_settings())
     summary = pull_labels(dataset=name, params_file=str(params), allow_unlabeled=allow_unlabeled or None, version=version)
     for warning in summary["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
@@ -268,7 +338,9 @@ def autolabel(
 ) -> None:
     """Pre-label every task nobody labeled with the model's predictions; least confident first in the queue."""
     from flows.autolabel import autolabel as autolabel_flow
+    from poseops.stack import use_prefect_server
 
+    use_prefect_server(load_settings())
     if not url and not weights:
         err_console.print("[bold red]error:[/] give the service's URL (--url) or a weights file (--weights)")
         raise typer.Exit(1)
@@ -277,6 +349,42 @@ def autolabel(
     console.print(f"{summary['model_version']}: pre-labeled {summary['predicted']} task(s) of {name!r}; "
                   f"{summary['skipped_labeled']} labeled and {summary['skipped_done']} already pre-labeled were left; "
                   f"{len(summary['failed'])} failed")
+
+
+# --- deploy and the loop ---------------------------------------------------------------------------
+
+
+@app.command("deploy")
+@user_errors
+def deploy(
+    model: Annotated[str, typer.Option(help="Registered version: models:/NAME@ALIAS or models:/NAME/VERSION")] = "models:/poseops-pose@champion",
+    runtime: Annotated[str, typer.Option(help="onnx (CPU, default) or torch")] = "onnx",
+) -> None:
+    """Serve a registered model version (restarting the running service); a version that does not load changes nothing."""
+    from flows.deploy import deploy as deploy_flow
+    from poseops.stack import use_prefect_server
+
+    use_prefect_server(load_settings())
+    done = deploy_flow(model_uri=model, runtime=runtime)
+    console.print(f"serving {done['model']} at {done['url']}  (playground {done['url']}/, API docs {done['url']}/docs)")
+
+
+@app.command("loop")
+@user_errors
+def loop(
+    name: Annotated[str, typer.Argument(help="Dataset name")],
+    override: Annotated[list[str] | None, typer.Option("--set", "-S", help="params override, e.g. train.epochs=3")] = None,
+    autolabel_new: Annotated[bool, typer.Option("--autolabel/--no-autolabel", help="Pre-label new tasks at the end")] = True,
+) -> None:
+    """The improvement loop once: pull → train → promote if better → deploy → autolabel."""
+    from flows.loop import improvement_loop
+    from poseops.stack import use_prefect_server
+
+    use_prefect_server(load_settings())
+    summary = improvement_loop(dataset=name, overrides=override or [], autolabel_new=autolabel_new)
+    for step, result in summary["steps"]:
+        console.print(f"{step:<12} {result}", highlight=False)
+    console.print(f"loop {summary['outcome']}")
 
 
 # --- the demo ---------------------------------------------------------------------------------

@@ -47,6 +47,9 @@ class Settings:
     label_studio_password: str = ""
     label_studio_token: str = ""
     label_studio_bin: Path = field(default_factory=lambda: Path(".venv-labelstudio/bin/label-studio"))
+    prefect_url: str = "http://127.0.0.1:4200"
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    service_url: str = "http://127.0.0.1:3000"
 
     @property
     def label_studio_dir(self) -> Path:
@@ -72,6 +75,9 @@ _ENV_KEYS = {
     "label_studio_password": "LABEL_STUDIO_PASSWORD",
     "label_studio_token": "LABEL_STUDIO_USER_TOKEN",
     "label_studio_bin": "POSEOPS_LABEL_STUDIO_BIN",
+    "prefect_url": "POSEOPS_PREFECT_URL",
+    "mlflow_ui_url": "POSEOPS_MLFLOW_UI_URL",
+    "service_url": "POSEOPS_SERVICE_URL",
 }
 
 

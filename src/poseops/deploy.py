@@ -1,0 +1,106 @@
+"""Deploy a registered model version as the detection service.
+
+The version's files (ONNX export, best.pt, the skeleton spec it was trained with) come
+from the MLflow registry into `<home>/deployments/<name>-v<version>/`, with a lineage
+file (model version, MLflow run, dataset DVC hash, Label Studio snapshot) that the
+service reports at `/metadata`. The model is loaded and checked here first: a bad
+version fails before the running service is touched. Then the service (a `bentoml
+serve` process managed like the other servers) is restarted on it, and we wait until
+`/readyz` answers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from poseops import tracking
+from poseops.processes import ManagedServer, port_of
+from poseops.settings import Settings
+
+SERVICE_DIR = Path(__file__).resolve().parents[2] / "bentos"
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Deployment:
+    url: str
+    model_name: str
+    model_version: str
+    run_id: str
+    files: Path
+
+    @property
+    def model_ref(self) -> str:
+        return f"{self.model_name}:{self.model_version}"
+
+
+def fetch_version(model_uri: str, settings: Settings) -> tuple[object, Path]:
+    """The registered version `model_uri` names, and a local folder with its files and lineage."""
+    mlc = tracking.client()
+    version = tracking.resolve_model_uri(mlc, model_uri)
+    dest = (settings.home / "deployments" / f"{version.name}-v{version.version}").resolve()
+    files = dest / "model"
+    if not (files / "model.onnx").is_file():
+        tracking.download(f"models:/{version.name}/{version.version}", files)
+    for needed in ("model.onnx", "skeleton.yaml"):
+        if not (files / needed).is_file():
+            raise DeployError(f"{model_uri} (version {version.version}) has no {needed} among its files: "
+                              "it was not registered by `poseops train`; register a version with the full pipeline")
+    tags = version.tags or {}
+    lineage = {
+        "model_name": version.name,
+        "model_version": str(version.version),
+        "mlflow_run_id": version.run_id,
+        "dataset_dvc_hash": tags.get("dataset_dvc_hash"),
+        "label_studio_snapshot_id": tags.get("label_studio_snapshot"),
+        "label_studio_project": tags.get("label_studio_project"),
+        "metrics": {k.removeprefix("metrics."): v for k, v in tags.items() if k.startswith("metrics.")},
+    }
+    (files / "lineage.json").write_text(json.dumps(lineage, indent=2) + "\n")
+    return version, files
+
+
+def service_config(files: Path, runtime: str = "onnx"):
+    from poseops.detector import ServiceConfig
+
+    weights = files / ("model.onnx" if runtime == "onnx" else "best.pt")
+    return ServiceConfig(weights=str(weights), skeleton=files / "skeleton.yaml", runtime=runtime,
+                         lineage=files / "lineage.json")
+
+
+def check_model(config) -> None:
+    """Load the model with its skeleton as the service will: fails on a broken or mismatched version."""
+    from poseops.inference import ModelError, PoseModel
+    from poseops.skeleton import SkeletonError, load_skeleton
+
+    try:
+        PoseModel(config.weights, load_skeleton(config.skeleton), runtime=config.runtime, imgsz=config.imgsz)
+    except (ModelError, SkeletonError, OSError, RuntimeError) as e:
+        raise DeployError(f"the model does not load ({e}); the running service was left as it was") from None
+
+
+def service_server(settings: Settings, config=None) -> ManagedServer:
+    """The detection service as a managed `bentoml serve` process on settings.service_url."""
+    url = settings.service_url
+    env = {**(config.to_env() if config is not None else {}), "POSEOPS_HOME": str(settings.home.resolve())}
+    command = [sys.executable, "-m", "bentoml", "serve", "service:PoseDetector", "--working-dir", str(SERVICE_DIR),
+               "--host", "127.0.0.1", "--port", str(port_of(url, 3000))]
+    return ManagedServer("the detection service", (settings.home / "service").resolve(), url, f"{url}/readyz",
+                         command, env, hint="If the port is taken, set POSEOPS_SERVICE_URL to another port.")
+
+
+def deploy(settings: Settings, model_uri: str, runtime: str = "onnx", timeout: float = 300.0) -> Deployment:
+    """Serve the registered version `model_uri` (e.g. models:/poseops-pose@champion), replacing the running one."""
+    version, files = fetch_version(model_uri, settings)
+    config = service_config(files, runtime)
+    check_model(config)  # before anything running is touched
+    server = service_server(settings, config)
+    server.down()
+    server.up(timeout)
+    return Deployment(settings.service_url, version.name, str(version.version), version.run_id, files)

@@ -18,13 +18,13 @@ endif
 install: $(VENV)/.installed $(LS_VENV)/.installed install-system
 
 $(VENV)/.installed: pyproject.toml constraints.txt
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
 # Label Studio pins older prefect and numpy: it lives in a virtualenv of its own.
 $(LS_VENV)/.installed: requirements-labelstudio.txt
-	test -d $(LS_VENV) || $(PYTHON) -m venv $(LS_VENV)
+	test -x $(LS_VENV)/bin/pip || $(PYTHON) -m venv --clear $(LS_VENV)
 	$(LS_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-labelstudio.txt
 	touch $@
 

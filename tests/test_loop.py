@@ -1,0 +1,126 @@
+"""The whole loop once, for real: Label Studio → pull → DVC pipeline + MLflow → promote → bentoml serve → autolabel.
+
+Then a deliberately worse model (trained from scratch for one epoch) is refused promotion, and
+the running service keeps the champion. Deploying a version that does not exist changes nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+import yaml
+from conftest import PERSON_SPEC, ROOT, SHARED_DATASETS, free_port
+
+from poseops.coco import read_yolo_pose
+from poseops.datasets import create_dataset, upload_images
+from poseops.labelstudio import LabelStudioClient
+from poseops.regions import poses_to_results
+from poseops.skeleton import load_skeleton
+
+pytestmark = pytest.mark.integration
+COCO8 = SHARED_DATASETS / "coco8-pose"
+PROJECT_FILES = ["dvc.yaml", "pipelines", "label_config", ".dvcignore"]
+TINY_TRAINING = {"epochs": 1, "imgsz": 160, "batch": 4, "workers": 0, "plots": False, "patience": 0}
+
+
+@pytest.fixture(scope="module")
+def loop_repo(tmp_path_factory, label_studio):
+    """A user's checkout of the project: pipeline files, params for a tiny run, git and DVC initialized."""
+    repo = tmp_path_factory.mktemp("loop") / "repo"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy(src, repo / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(TINY_TRAINING)
+    params["pull"] = {"min_images": 4, "val_fraction": 0.25, "allow_unlabeled": True}
+    params["mlflow"]["experiment"] = "loop-test"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text(".poseops/\nruns/\n")
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@poseops.local"], ["git", "config", "user.name", "t"],
+                [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    return repo
+
+
+@pytest.fixture
+def in_loop_repo(loop_repo, monkeypatch, label_studio, tmp_path_factory):
+    from conftest import settings_env
+
+    monkeypatch.chdir(loop_repo)
+    for key, value in settings_env(label_studio).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{loop_repo / '.poseops' / 'mlflow.db'}")
+    monkeypatch.setenv("POSEOPS_SERVICE_URL", SERVICE_URL)
+    yield loop_repo
+
+
+SERVICE_URL = f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_the_service(label_studio):
+    yield
+    from poseops.deploy import service_server
+    from poseops.settings import load_settings
+
+    service_server(load_settings()).down()
+
+
+def test_the_loop_end_to_end_then_a_worse_model_is_not_deployed(prefect_api, in_loop_repo, label_studio):
+    from flows.loop import improvement_loop
+
+    skeleton = load_skeleton(PERSON_SPEC)
+    images = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
+    name = f"loop-{uuid.uuid4().hex[:6]}"
+    unlabeled = [p for p in sorted((SHARED_DATASETS / "coco-mini-train" / "images").glob("*.jpg"))[:2]]
+    with LabelStudioClient(label_studio) as client:
+        create_dataset(client, label_studio, name, PERSON_SPEC)
+        upload_images(client, label_studio, name, [im.path for im in images] + unlabeled,
+                      labels={im.path: poses_to_results(skeleton, im.poses, im.width, im.height) for im in images})
+
+    first = improvement_loop(dataset=name, root=str(in_loop_repo))
+    steps = dict(first["steps"])
+    assert first["outcome"] == "completed", first
+    assert "dataset version" in steps["pull labels"]
+    assert "at least as good" in steps["promote"] or "no champion" in steps["promote"], steps["promote"]
+    assert "poseops-pose:1" in steps["deploy"]
+    assert steps["autolabel"].startswith("2 task(s)")
+    meta = httpx.get(f"{SERVICE_URL}/metadata", timeout=10).json()
+    assert (meta["model"]["name"], meta["model"]["version"]) == ("poseops-pose", "1")
+    lineage = meta["lineage"]
+    assert lineage["mlflow_run_id"] and lineage["dataset_dvc_hash"]
+    assert lineage["dataset_dvc_hash"] == yaml.safe_load((in_loop_repo / "data" / f"{name}.dvc").read_text())["outs"][0]["md5"]
+
+    worse = improvement_loop(dataset=name, root=str(in_loop_repo),
+                             overrides=["train.model=yolo11n-pose.yaml", "train.init_weights=null"],
+                             autolabel_new=False)
+    steps = dict(worse["steps"])
+    assert worse["outcome"] == "completed"
+    assert "kept the running service" in steps["deploy"], steps
+    meta = httpx.get(f"{SERVICE_URL}/metadata", timeout=10).json()
+    assert meta["model"]["version"] == "1"  # still the champion
+    assert httpx.post(f"{SERVICE_URL}/detect", files={"image": images[0].path.read_bytes()}, timeout=60).status_code == 200
+
+
+def test_deploying_a_missing_version_leaves_the_service_alone(prefect_api, in_loop_repo):
+    from poseops.deploy import service_server
+    from poseops.settings import load_settings
+    from poseops.tracking import TrackingError
+
+    server = service_server(load_settings())
+    before = server.status()
+    from flows.deploy import deploy
+
+    with pytest.raises(TrackingError, match="no version 99"):
+        deploy(model_uri="models:/poseops-pose/99")
+    after = server.status()
+    assert after.pid == before.pid and after.running == before.running

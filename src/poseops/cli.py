@@ -409,15 +409,19 @@ def demo() -> None:
 @app.command("demo-down")
 @user_errors
 def demo_down() -> None:
-    """Stop every server the demo started."""
-    settings = load_settings()
-    console.print("Label Studio stopped" if labelstudio_server.down(settings) else "Label Studio was not running")
+    """Stop every server the demo started (the service, MLflow UI, Prefect server, Label Studio)."""
+    from poseops.demo import stop_demo
+
+    stopped = stop_demo(load_settings())
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing started by the demo was running")
 
 
 def _register_commands() -> None:
     from poseops.cli_serve import register as register_serve
+    from poseops.cli_train import register as register_train
 
     register_serve(app)
+    register_train(app)
 
 
 _register_commands()

@@ -1,26 +1,44 @@
-"""The demo: the system end to end on bundled defaults, reusing whatever already exists.
+"""The demo: the whole system end to end on bundled defaults, reusing whatever already exists.
 
-Sample images come from `POSEOPS_SAMPLE_IMAGES` (a folder); without it, Ultralytics'
-public coco8-pose dataset is downloaded the ordinary way.
+1. Label Studio, the Prefect server and the MLflow UI start (or are found) on 127.0.0.1.
+2. A workspace (`<home>/demo`: the pipeline files, demo-sized params, git + DVC) is made once.
+3. The `demo-people` dataset gets the sample images with their real labels as annotations
+   (as if a person had labeled them), plus mirrored copies left unlabeled: new images.
+4. The improvement loop runs: pull → DVC → train a few epochs on CPU → MLflow → register →
+   promote → deploy the service → autolabel the new images.
+
+Sample images come from `POSEOPS_SAMPLE_IMAGES` (a folder in Ultralytics' layout, labels
+beside images); without it, Ultralytics' public coco8-pose dataset is downloaded.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from poseops import labelstudio_server
 from poseops.coco import read_yolo_pose
-from poseops.datasets import create_dataset, dataset_summary, upload_images
+from poseops.datasets import create_dataset, upload_images
 from poseops.labelstudio import LabelStudioClient
 from poseops.regions import poses_to_results
-from poseops.settings import Settings
-from poseops.skeleton import load_skeleton
+from poseops.settings import _ENV_KEYS, Settings
+from poseops.skeleton import Skeleton, load_skeleton
 
 DEMO_DATASET = "demo-people"
-PERSON_SPEC = Path("label_config/skeletons/person.yaml")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "pipelines", "label_config", ".dvcignore")
+DEMO_PARAMS = {
+    "train": {"epochs": 3, "imgsz": 320, "batch": 8, "workers": 0, "patience": 0},
+    "pull": {"min_images": 4, "val_fraction": 0.25, "allow_unlabeled": True},
+    "mlflow": {"experiment": "demo"},
+}
 
 
 @dataclass
@@ -45,32 +63,7 @@ def sample_images() -> Path:
     return Path(data["path"]) / "images"
 
 
-def run_demo(settings: Settings, say: Callable[[str], None] = print) -> DemoResult:
-    result = DemoResult()
-    say(f"Label Studio: starting or finding it at {settings.label_studio_url} (the first start migrates ~90 s)")
-    labelstudio_server.up(settings)
-    with LabelStudioClient(settings) as client:
-        project, created = create_dataset(client, settings, DEMO_DATASET, PERSON_SPEC)
-        say(f"dataset {DEMO_DATASET!r}: {'created' if created else 'found'} ({project.url})")
-        images = sample_images()
-        labels = sample_labels(images, load_skeleton(PERSON_SPEC))
-        report = upload_images(client, settings, DEMO_DATASET, [images], labels=labels)
-        say(f"images from {images}: {len(report.uploaded)} uploaded (with their labels as annotations), "
-            f"{len(report.duplicates)} already there")
-        summary = dataset_summary(client, DEMO_DATASET)
-    result.urls["Label Studio project"] = project.url
-    result.facts.update(tasks=summary["tasks"], labeled=summary["labeled"], login=settings.label_studio_username)
-
-    from flows.pull_labels import pull_labels
-
-    say("pulling the labels into a DVC-versioned dataset (Prefect flow pull-labels)")
-    pulled = pull_labels(dataset=DEMO_DATASET, commit=False)
-    result.facts.update(dataset=pulled["dataset_dir"], dataset_version=pulled["dvc_md5"],
-                        train_val_images=f"{pulled['train_images']} / {pulled['val_images']}")
-    return result
-
-
-def sample_labels(images: Path, skeleton) -> dict[Path, list[dict]]:
+def sample_labels(images: Path, skeleton: Skeleton) -> dict[Path, list[dict]]:
     """The real labels of the sample images (Ultralytics layout: labels/ beside images/), as Label Studio results."""
     labels: dict[Path, list[dict]] = {}
     root = images.parent
@@ -79,3 +72,118 @@ def sample_labels(images: Path, skeleton) -> dict[Path, list[dict]]:
             for image in read_yolo_pose(root, split, skeleton.class_names):
                 labels[image.path] = poses_to_results(skeleton, image.poses, image.width, image.height)
     return labels
+
+
+def mirrored_copies(images: list[Path], dest: Path) -> list[Path]:
+    """New, unlabeled images for the autolabeler: the samples mirrored left to right."""
+    from PIL import Image, ImageOps
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in images:
+        target = dest / f"mirrored-{path.name}"
+        if not target.exists():
+            with Image.open(path) as im:
+                ImageOps.mirror(ImageOps.exif_transpose(im)).save(target, quality=95)
+        out.append(target)
+    return out
+
+
+def make_workspace(dest: Path, params_update: dict, source: Path = PROJECT_ROOT) -> Path:
+    """A checkout of the pipeline (dvc.yaml, params.yaml, pipelines/, label_config/) with git and DVC, made once."""
+    if (dest / ".dvc").is_dir():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = source / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        elif src.exists():
+            shutil.copy(src, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    for section, values in params_update.items():
+        params.setdefault(section, {}).update(values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dest / ".gitignore").write_text("runs/\n.poseops/\n")
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "demo@poseops.local"],
+                ["git", "config", "user.name", "poseops demo"], [sys.executable, "-m", "dvc", "init", "-q"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "poseops workspace"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def export_settings(settings: Settings) -> None:
+    """Put the settings in the environment (home made absolute), so flows find them from any folder."""
+    for name, key in _ENV_KEYS.items():
+        value = getattr(settings, name)
+        if name in ("home", "label_studio_bin"):
+            value = Path(value).resolve()
+        if value not in ("", None):
+            os.environ[key] = str(value)
+
+
+def run_demo(settings: Settings, say: Callable[[str], None] = print) -> DemoResult:
+    from poseops import stack
+
+    result = DemoResult()
+    export_settings(settings)
+    home = settings.home.resolve()
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    say(f"Label Studio: starting or finding it at {settings.label_studio_url} (the first start migrates ~90 s)")
+    labelstudio_server.up(settings)
+    for server in (stack.prefect_server(settings), stack.mlflow_ui(settings)):
+        say(f"{server.name}: starting or finding it at {server.url}")
+        server.up()
+    stack.use_prefect_server(settings)
+
+    spec = PROJECT_ROOT / "label_config" / "skeletons" / "person.yaml"
+    skeleton = load_skeleton(spec)
+    images = sample_images()
+    labels = sample_labels(images, skeleton)
+    new_images = mirrored_copies(sorted(labels)[:4], home / "demo-new-images")
+    with LabelStudioClient(settings) as client:
+        project, created = create_dataset(client, settings, DEMO_DATASET, spec)
+        say(f"dataset {DEMO_DATASET!r}: {'created' if created else 'found'} ({project.url})")
+        report = upload_images(client, settings, DEMO_DATASET, [*labels, *new_images], labels=labels)
+        say(f"uploaded {len(report.uploaded)} images ({len(labels)} with their real labels as annotations, "
+            f"{len(new_images)} new ones unlabeled); {len(report.duplicates)} were already there")
+
+    workspace = make_workspace(home / "demo", DEMO_PARAMS)
+    say(f"workspace {workspace}: the DVC pipeline, demo-sized params, git + DVC")
+    os.chdir(workspace)
+    from flows.loop import improvement_loop
+
+    say("the improvement loop: pull → train (3 epochs, CPU) → register → promote → deploy → autolabel ...")
+    loop = improvement_loop(dataset=DEMO_DATASET, root=str(workspace))
+    result.facts.update({step: outcome for step, outcome in loop["steps"]})
+    result.facts["loop"] = loop["outcome"]
+    result.urls.update(demo_urls(settings, project.url))
+    return result
+
+
+def demo_urls(settings: Settings, project_url: str) -> dict[str, str]:
+    urls = {"Label Studio project": project_url,
+            "Prefect UI (flow runs)": f"{settings.prefect_url}/runs",
+            "MLflow UI": settings.mlflow_ui_url,
+            "service playground": f"{settings.service_url}/",
+            "service API docs": f"{settings.service_url}/docs"}
+    from poseops import tracking
+
+    mlc = tracking.client()
+    version = tracking.version_for_alias(mlc, "poseops-pose", "champion")
+    if version is not None:
+        urls["MLflow run (champion)"] = tracking.run_url(mlc, version.run_id)
+    return urls
+
+
+def stop_demo(settings: Settings) -> list[str]:
+    """Stop every server the demo started; returns what was stopped."""
+    from poseops import stack
+    from poseops.deploy import service_server
+
+    stopped = []
+    for server in (service_server(settings), stack.mlflow_ui(settings), stack.prefect_server(settings),
+                   labelstudio_server.server(settings)):
+        if server.down():
+            stopped.append(server.name)
+    return stopped

@@ -39,7 +39,9 @@ def label_studio(tmp_path_factory) -> Settings:
     home = tmp_path_factory.mktemp("poseops-home")
     if os.environ.get("POSEOPS_TEST_LABEL_STUDIO_URL"):
         yield Settings(home=home, label_studio_url=os.environ["POSEOPS_TEST_LABEL_STUDIO_URL"],
-                       label_studio_token=os.environ["POSEOPS_TEST_LABEL_STUDIO_TOKEN"])
+                       label_studio_token=os.environ["POSEOPS_TEST_LABEL_STUDIO_TOKEN"],
+                       label_studio_username=os.environ.get("POSEOPS_TEST_LABEL_STUDIO_USERNAME", ""),
+                       label_studio_password=os.environ.get("POSEOPS_TEST_LABEL_STUDIO_PASSWORD", ""))
         return
     settings = Settings(
         home=home,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from browser import browser_page, screenshot
 from conftest import PERSON_SPEC, SHARED_DATASETS
+
 from poseops.datasets import create_dataset, upload_images
 from poseops.labelstudio import LabelStudioClient
 from poseops.skeleton import load_skeleton

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from poseops.imageio import open_image
 from poseops.label_config import label_config_xml
 from poseops.labelstudio import LabelStudioClient, LabelStudioError, Project
 from poseops.regions import Template, pose_to_results, spec_template, template_from_pose, template_pose
@@ -145,7 +146,7 @@ def read_image(path: Path) -> ImageFile:
     if not content:
         raise ValueError("empty file")
     try:
-        with Image.open(io.BytesIO(content)) as im:
+        with open_image(io.BytesIO(content)) as im:
             im.load()  # decodes every pixel: truncated files fail here
             width, height = displayed_size(im)
     except UnidentifiedImageError:
@@ -165,7 +166,7 @@ def displayed_size(im: Image.Image) -> tuple[int, int]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
+    with open_image(path) as im:
         return displayed_size(im)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -53,13 +52,13 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """A BGR array of the uploaded image (EXIF orientation applied), or a 400/413 `ApiError`.
 
     The pixel count is read from the header and checked before anything is decoded.
-    PIL's own `Image.open` is used: Ultralytics replaces it at import with one that tries
-    to install a HEIF plugin (pip) whenever a file is not an image.
+    PIL's own `Image.open` is used (`poseops.imageio.open_image`).
     """
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    open_image = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", None) or Image.open
+    from poseops.imageio import open_image
+
     if not data:
         raise ApiError(400, "empty_image", "the 'image' field is empty: attach the image file's bytes")
     try:

@@ -216,10 +216,12 @@ def image_suffix(content: bytes, url: str) -> str:
     """The file type of downloaded image bytes, from the content itself (the URL's suffix may lie)."""
     import io
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from poseops.imageio import open_image
 
     try:
-        with Image.open(io.BytesIO(content)) as im:
+        with open_image(io.BytesIO(content)) as im:
             return _PIL_SUFFIX.get(im.format or "", ".bin")
     except (UnidentifiedImageError, OSError):
         return ".bin"  # not an image: the converter reports it

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import SHARED_DATASETS
+
 from poseops.datasets import read_image
 
 

@@ -1,0 +1,34 @@
+"""DVC stage `evaluate`: validate best.pt on the val split.
+
+    python pipelines/evaluate.py <prepared dir> <train dir> <eval dir> <metrics json>
+
+Reads `evaluate`, `train.imgsz` and `device` from params.yaml. Writes <metrics json>
+(fitness, pose and box precision, recall, mAP50, mAP50-95) and Ultralytics' validation
+plots to <eval dir>, and logs both to the training's MLflow run.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from poseops.params import load_params
+from poseops.training import Layout, evaluate, run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Evaluate the trained model.")
+    parser.add_argument("prepared", type=Path)
+    parser.add_argument("train", type=Path)
+    parser.add_argument("out", type=Path, help="validation plots, e.g. runs/evaluate")
+    parser.add_argument("metrics", type=Path, help="e.g. reports/metrics.json")
+    args = parser.parse_args()
+
+    def step() -> None:
+        layout = Layout(prepared=args.prepared, train=args.train, evaluate=args.out, metrics=args.metrics)
+        print(json.dumps(evaluate(load_params(), layout=layout), indent=2))
+
+    run_stage(step)
+
+
+if __name__ == "__main__":
+    main()

@@ -124,3 +124,33 @@ def test_deploying_a_missing_version_leaves_the_service_alone(prefect_api, in_lo
         deploy(model_uri="models:/poseops-pose/99")
     after = server.status()
     assert after.pid == before.pid and after.running == before.running
+
+
+def test_the_mlflow_ui_shows_the_champion_runs_pose_map(in_loop_repo, label_studio, tmp_path):
+    """In headless Chromium: the MLflow UI on the loop's store shows the registered run's pose mAP."""
+    from dataclasses import replace
+
+    from browser import browser_page, screenshot
+
+    from poseops import tracking
+    from poseops.settings import load_settings
+    from poseops.stack import mlflow_ui
+
+    mlc = tracking.client()
+    version = tracking.version_for_alias(mlc, "poseops-pose", "champion")
+    assert version is not None, "the loop test registers and promotes a model first"
+    run = mlc.get_run(version.run_id)
+    pose_map = run.data.metrics["pose_mAP50-95"]
+    settings = replace(load_settings(), home=tmp_path, mlflow_ui_url=f"http://127.0.0.1:{free_port()}")
+    ui = mlflow_ui(settings)
+    ui.up(timeout=180)
+    try:
+        with browser_page() as page:
+            page.goto(f"{settings.mlflow_ui_url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+            page.get_by_text("pose_mAP50-95").first.wait_for(timeout=60_000)
+            screenshot(page, "mlflow-run.png")
+            text = page.inner_text("body")
+    finally:
+        ui.down()
+    assert run.info.run_name in text
+    assert f"{pose_map:.4g}"[:4] in text or f"{pose_map:.3f}"[:4] in text

@@ -403,7 +403,7 @@ def demo() -> None:
         console.print(f"{what:<24} {url}")
     for what, value in result.facts.items():
         console.print(f"{what:<24} {value}")
-    console.print("log in with the user above; the password is LABEL_STUDIO_PASSWORD in .env")
+    console.print(f"Label Studio login       {settings.label_studio_username} (password: LABEL_STUDIO_PASSWORD in .env)")
 
 
 @app.command("demo-down")

@@ -14,7 +14,7 @@ ifneq ($(wildcard $(SHARED)/datasets),)
 export POSEOPS_SAMPLE_IMAGES ?= $(SHARED)/datasets/coco8-pose/images
 endif
 
-.PHONY: install install-system demo demo-down test test-unit lint clean
+.PHONY: install install-system demo demo-down test test-unit lint bench clean
 install: $(VENV)/.installed $(LS_VENV)/.installed install-system
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -48,6 +48,10 @@ test: install
 
 test-unit: install
 	$(VENV)/bin/pytest -m "not integration"
+
+# Benchmarks (minutes; not part of `make test`): figures to docs/benchmarks.md
+bench: install
+	$(VENV)/bin/python benchmarks/run_all.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,55 @@
+"""Run every benchmark and write their figures to docs/benchmarks.md.
+
+    make bench        (or: python benchmarks/run_all.py)
+
+Each benchmark measures against its own baseline in the same run and prints ratios; this
+collects what each printed, with the command that produced it and the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = [
+    ("Conversion: poseops vs the Label Studio SDK's YOLO export", ["benchmarks/convert.py"]),
+    ("Serving: the service vs raw in-process inference", ["benchmarks/serve.py"]),
+    ("Autolabel: the flow vs the raw model", ["benchmarks/autolabel.py"]),
+    ("Training: the DVC pipeline vs Ultralytics called directly", ["benchmarks/train_overhead.py"]),
+    ("Fine-tuning on coco-mini-train, measured on coco8-pose val", ["benchmarks/finetune_coco_mini.py"]),
+]
+NOISE = ("| INFO", "WARNING |", "Ultralytics", "Downloading", "it/s]", "Loading ", "Using ONNX")
+
+
+def main() -> int:
+    lines = ["# Benchmarks", "",
+             f"Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+             f"{os.cpu_count()} CPU cores, Python {platform.python_version()}. Each figure is a ratio against a "
+             "baseline measured in the same run; absolute times depend on the machine's load.", ""]
+    failed = 0
+    for title, script in BENCHMARKS:
+        command = [sys.executable, *script]
+        print(f"== {title}", flush=True)
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        output = [ln for ln in result.stdout.splitlines() if ln.strip() and not any(n in ln for n in NOISE)]
+        print("\n".join(output[-25:]), flush=True)
+        lines += [f"## {title}", "", f"`python {' '.join(script)}` ({seconds:.0f} s, exit {result.returncode})", "",
+                  "```", *output[-25:], "```", ""]
+        if result.returncode != 0:
+            failed += 1
+            lines += ["Failed:", "", "```", *result.stderr.splitlines()[-15:], "```", ""]
+    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines))
+    print(f"wrote docs/benchmarks.md ({failed} failed)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

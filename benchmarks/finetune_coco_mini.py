@@ -48,6 +48,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--warmup-epochs", type=float, default=3.0, help="Ultralytics' warmup_epochs (its default: 3)")
+    parser.add_argument("--optimizer", default="auto", help="Ultralytics' optimizer (its default: auto)")
+    parser.add_argument("--lr0", type=float, default=0.01, help="initial learning rate (ignored by optimizer=auto)")
     args = parser.parse_args()
     os.environ.setdefault("YOLO_OFFLINE", "true")
     os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(SHARED / "weights"))
@@ -63,11 +66,12 @@ def main() -> None:
     before = YOLO(weights).val(project=str(work), name="before", **common)
     t0 = time.perf_counter()
     model = YOLO(weights)
-    model.train(epochs=args.epochs, workers=0, project=str(work), name="train", val=False, seed=0, **common)
+    model.train(epochs=args.epochs, workers=0, project=str(work), name="train", val=False, seed=0,
+                warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, lr0=args.lr0, **common)
     seconds = time.perf_counter() - t0
     after = YOLO(str(work / "train" / "weights" / "last.pt")).val(project=str(work), name="after", **common)
-    print(f"coco8-pose val, imgsz {args.imgsz}; fine-tuned {args.epochs} epochs on coco-mini-train (80 images) "
-          f"in {seconds:.0f} s on CPU")
+    print(f"coco8-pose val, imgsz {args.imgsz}; fine-tuned {args.epochs} epochs on coco-mini-train (80 images), "
+          f"optimizer {args.optimizer} lr0 {args.lr0} warmup_epochs {args.warmup_epochs}, in {seconds:.0f} s on CPU")
     print(f"{'':22}{'pose mAP50':>12}{'pose mAP50-95':>15}{'box mAP50-95':>14}")
     for label, m in (("pretrained", before), ("fine-tuned", after)):
         print(f"{label:22}{m.pose.map50:12.3f}{m.pose.map:15.3f}{m.box.map:14.3f}")

@@ -25,7 +25,8 @@ from poseops.skeleton import load_skeleton
 pytestmark = pytest.mark.integration
 COCO8 = SHARED_DATASETS / "coco8-pose"
 PROJECT_FILES = ["dvc.yaml", "pipelines", "label_config", ".dvcignore"]
-TINY_TRAINING = {"epochs": 1, "imgsz": 320, "batch": 4, "workers": 0, "plots": False, "patience": 0}
+TINY_TRAINING = {"epochs": 1, "imgsz": 320, "batch": 4, "workers": 0, "plots": False, "patience": 0,
+                 "optimizer": "SGD", "lr0": 0.001, "warmup_epochs": 0.0}
 
 
 @pytest.fixture(scope="module")

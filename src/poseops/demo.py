@@ -35,7 +35,10 @@ DEMO_DATASET = "demo-people"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pipelines", "label_config", ".dvcignore")
 DEMO_PARAMS = {
-    "train": {"epochs": 3, "imgsz": 320, "batch": 8, "workers": 0, "patience": 0},
+    # a short fine-tune of pretrained weights: gentle SGD (optimizer=auto picks AdamW at lr 0.002, which
+    # wrecks a pretrained model in a few steps: docs/training.md)
+    "train": {"epochs": 3, "imgsz": 320, "batch": 8, "workers": 0, "patience": 0, "optimizer": "SGD", "lr0": 0.001,
+              "warmup_epochs": 0.0},
     "pull": {"min_images": 4, "val_fraction": 0.25, "allow_unlabeled": True},
     "mlflow": {"experiment": "demo"},
 }

@@ -93,6 +93,8 @@ def test_the_loop_end_to_end_then_a_worse_model_is_not_deployed(prefect_api, in_
     assert first["outcome"] == "completed", first
     assert "dataset version" in steps["pull labels"]
     assert "at least as good" in steps["promote"] or "no champion" in steps["promote"], steps["promote"]
+    champion_map = float(steps["train"].rsplit(" ", 1)[-1])
+    assert champion_map > 0.1, f"the fine-tuned champion lost its accuracy: {steps['train']}"
     assert "poseops-pose:1" in steps["deploy"]
     assert steps["autolabel"].startswith("2 task(s)")
     meta = httpx.get(f"{SERVICE_URL}/metadata", timeout=10).json()

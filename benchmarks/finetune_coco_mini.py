@@ -55,9 +55,11 @@ def main() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "true")
     os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(SHARED / "weights"))
     work = Path(tempfile.mkdtemp(prefix="poseops-finetune-"))
-    from poseops.weights import prepare_ultralytics, resolve_weights
+    os.environ["YOLO_CONFIG_DIR"] = str(work / "ultralytics")
+    from poseops.training import configure_ultralytics
+    from poseops.weights import resolve_weights
 
-    prepare_ultralytics(work / "ultralytics")
+    configure_ultralytics()  # offline-ready, Ultralytics' own MLflow/DVC callbacks off: this run logs nowhere
     from ultralytics import YOLO
 
     data = build_dataset(work / "dataset")

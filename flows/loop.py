@@ -19,6 +19,7 @@ from flows.autolabel import autolabel
 from flows.deploy import deploy
 from flows.pull_labels import artifact_key, pull_labels
 from flows.train import train_flow
+from poseops.deploy import service_server
 from poseops.params import load_params, parse_override
 from poseops.pull import NotReady
 from poseops.settings import load_settings
@@ -55,7 +56,7 @@ def improvement_loop(dataset: str = "demo-people", root: str = ".", overrides: l
                                       f"pose mAP50-95 {metrics.get('pose_mAP50-95')}"))
     summary["steps"].append(("promote", promotion.get("reason", "not compared")))
 
-    service_up = _service_answers(settings.service_url)
+    service_up = service_server(settings).answers()
     if promotion.get("promoted") or not service_up:
         params = load_params(Path(root) / "params.yaml", dict(map(parse_override, overrides)))
         champion = f"models:/{params.mlflow.registered_model}@{params.promote.alias}"
@@ -68,15 +69,6 @@ def improvement_loop(dataset: str = "demo-people", root: str = ".", overrides: l
         labeled = autolabel(dataset=dataset, service_url=settings.service_url, params_file=str(Path(root) / "params.yaml"))
         summary["steps"].append(("autolabel", f"{labeled['predicted']} task(s) pre-labeled by {labeled['model_version']}"))
     return finish("completed")
-
-
-def _service_answers(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/readyz", timeout=3).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def loop_markdown(summary: dict) -> str:

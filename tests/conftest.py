@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from poseops import labelstudio_server
+from poseops.processes import alive
 from poseops.settings import Settings, quiet_telemetry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,15 +58,7 @@ def label_studio(tmp_path_factory) -> Settings:
     finally:
         labelstudio_server.down(settings)
         assert not labelstudio_server.answers(settings.label_studio_url), "Label Studio still answers after down"
-        assert status.pid is not None and not _alive(status.pid), "the Label Studio process survived down"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        assert status.pid is not None and not alive(status.pid), "the Label Studio process survived down"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -6,15 +6,12 @@ the running service keeps the champion. Deploying a version that does not exist 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import uuid
 
 import httpx
 import pytest
 import yaml
-from conftest import PERSON_SPEC, ROOT, SHARED_DATASETS, free_port
+from conftest import PERSON_SPEC, SHARED_DATASETS, free_port
 
 from poseops.coco import read_yolo_pose
 from poseops.datasets import create_dataset, upload_images
@@ -24,7 +21,6 @@ from poseops.skeleton import load_skeleton
 
 pytestmark = pytest.mark.integration
 COCO8 = SHARED_DATASETS / "coco8-pose"
-PROJECT_FILES = ["dvc.yaml", "pipelines", "label_config", ".dvcignore"]
 TINY_TRAINING = {"epochs": 1, "imgsz": 320, "batch": 4, "workers": 0, "plots": False, "patience": 0,
                  "optimizer": "SGD", "lr0": 0.001, "warmup_epochs": 0.0}
 
@@ -32,24 +28,13 @@ TINY_TRAINING = {"epochs": 1, "imgsz": 320, "batch": 4, "workers": 0, "plots": F
 @pytest.fixture(scope="module")
 def loop_repo(tmp_path_factory, label_studio):
     """A user's checkout of the project: pipeline files, params for a tiny run, git and DVC initialized."""
-    repo = tmp_path_factory.mktemp("loop") / "repo"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy(src, repo / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(TINY_TRAINING)
-    params["pull"] = {"min_images": 4, "val_fraction": 0.25, "allow_unlabeled": True}
-    params["mlflow"]["experiment"] = "loop-test"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text(".poseops/\nruns/\n")
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@poseops.local"], ["git", "config", "user.name", "t"],
-                [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
-        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
-    return repo
+    from poseops.demo import make_workspace
+
+    return make_workspace(tmp_path_factory.mktemp("loop") / "repo", {
+        "train": TINY_TRAINING,
+        "pull": {"min_images": 4, "val_fraction": 0.25, "allow_unlabeled": True},
+        "mlflow": {"experiment": "loop-test"},
+    })
 
 
 @pytest.fixture

@@ -9,23 +9,16 @@ test-artifacts/playground.png. Debian's Chromium is used (never a downloaded one
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
-from conftest import PERSON_SPEC, ROOT
+from browser import browser_page, screenshot
+from conftest import PERSON_SPEC
 from service_server import IMAGES, RunningService
 
 from poseops.skeleton import load_skeleton
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run",
-]  # fmt: skip
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 def spec_colors() -> set[tuple[int, int, int]]:
@@ -45,50 +38,39 @@ COUNT_SPEC_PIXELS = """(colors) => {
 
 
 def test_playground_draws_the_skeleton(detect_service: RunningService):
-    assert CHROMIUM.is_file() or shutil.which("chromium"), (
-        "Chromium is not installed: run `make install-system` (apt-get install chromium, listed in packages-apt.txt)"
-    )
-    from playwright.sync_api import sync_playwright
-
     image = IMAGES[4]  # 000000000110.jpg: several people
     colors = [list(c) for c in spec_colors()]
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(detect_service.url + "/", wait_until="networkidle")
-            page.wait_for_function("document.getElementById('model').textContent.includes('ready')")
-            assert page.is_visible("#key"), "keys are configured: the page must ask for one"
-            page.fill("#key", detect_service.keys["main"])
-            page.set_input_files("#file", str(image))
-            page.wait_for_function("!document.getElementById('detect').disabled")
-            before = page.evaluate(COUNT_SPEC_PIXELS, colors)
+    with browser_page(1280, 900) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(detect_service.url + "/", wait_until="networkidle")
+        page.wait_for_function("document.getElementById('model').textContent.includes('ready')")
+        assert page.is_visible("#key"), "keys are configured: the page must ask for one"
+        page.fill("#key", detect_service.keys["main"])
+        page.set_input_files("#file", str(image))
+        page.wait_for_function("!document.getElementById('detect').disabled")
+        before = page.evaluate(COUNT_SPEC_PIXELS, colors)
 
-            page.click("#detect")
-            page.wait_for_function("/detections? in/.test(document.getElementById('status').textContent)", timeout=60_000)
-            shown = json.loads(page.text_content("#json"))
-            canvas = page.eval_on_selector("#canvas", "c => ({...c.dataset, width: c.width, height: c.height})")
-            after = page.evaluate(COUNT_SPEC_PIXELS, colors)
-            page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+        page.click("#detect")
+        page.wait_for_function("/detections? in/.test(document.getElementById('status').textContent)", timeout=60_000)
+        shown = json.loads(page.text_content("#json"))
+        canvas = page.eval_on_selector("#canvas", "c => ({...c.dataset, width: c.width, height: c.height})")
+        after = page.evaluate(COUNT_SPEC_PIXELS, colors)
+        shot = screenshot(page, "playground.png", full_page=True)
 
-            # the JSON shown is the service's answer for this image with the default thresholds
-            assert isinstance(shown, list) and len(shown) >= 1
-            assert int(canvas["detections"]) == len(shown)
-            assert (canvas["width"], canvas["height"]) == (640, 480)
-            confident = sum(1 for d in shown for k in d["keypoints"] if k["confidence"] >= 0.5)
-            assert int(canvas["keypoints"]) == confident > 0
-            assert int(canvas["connections"]) > 0
-            # the drawing added pixels in exactly the spec's keypoint and connection colours
-            assert after > before + 200, (before, after)
+        # the JSON shown is the service's answer for this image with the default thresholds
+        assert isinstance(shown, list) and len(shown) >= 1
+        assert int(canvas["detections"]) == len(shown)
+        assert (canvas["width"], canvas["height"]) == (640, 480)
+        confident = sum(1 for d in shown for k in d["keypoints"] if k["confidence"] >= 0.5)
+        assert int(canvas["keypoints"]) == confident > 0
+        assert int(canvas["connections"]) > 0
+        # the drawing added pixels in exactly the spec's keypoint and connection colours
+        assert after > before + 200, (before, after)
 
-            # moving a slider re-runs the detection with the new threshold
-            page.eval_on_selector("#conf", "el => { el.value = '0.9'; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }")
-            page.wait_for_function(f"JSON.parse(document.getElementById('json').textContent).length < {len(shown)}", timeout=60_000)
-            assert page.text_content("#conf-out") == "0.90"
-            assert not errors, errors
-        finally:
-            browser.close()
-    assert (ARTIFACTS / "playground.png").stat().st_size > 10_000
+        # moving a slider re-runs the detection with the new threshold
+        page.eval_on_selector("#conf", "el => { el.value = '0.9'; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }")
+        page.wait_for_function(f"JSON.parse(document.getElementById('json').textContent).length < {len(shown)}", timeout=60_000)
+        assert page.text_content("#conf-out") == "0.90"
+        assert not errors, errors
+    assert shot.stat().st_size > 10_000

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -97,38 +95,25 @@ def bench_service(url: str, images: list[Path], clients: int, per_client: int) -
     return latencies, wall
 
 
-def start_service(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    import httpx
+def start_service(args: argparse.Namespace):
+    """The service as poseops deploys it (`deploy.service_server`), on a free port, state in a fresh folder."""
+    import tempfile
+
+    from poseops.deploy import service_server
+    from poseops.detector import ServiceConfig
+    from poseops.settings import Settings
+    from poseops.weights import resolve_weights
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = open(args.log, "wb")  # noqa: SIM115 - closed with the process
-    command = [sys.executable, "-m", "poseops.cli_serve", "serve", "--weights", args.weights, "--skeleton", str(args.skeleton),
-               "--runtime", args.runtime, "--host", "127.0.0.1", "--port", str(port), "--service-dir", str(ROOT / "bentos")]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the service exited ({process.returncode}); see {args.log}")
-        try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    stop_service(process)
-    raise RuntimeError(f"the service was not ready in 300 s; see {args.log}")
-
-
-def stop_service(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    settings = Settings(home=Path(tempfile.mkdtemp(prefix="poseops-bench-serve-")), service_url=f"http://127.0.0.1:{port}")
+    config = ServiceConfig(weights=str(Path(resolve_weights(args.weights)).resolve()), skeleton=args.skeleton,
+                           runtime=args.runtime)
+    server = service_server(settings, config)
+    print(f"service log: {server.log_file}", file=sys.stderr)
+    server.up(timeout=300)
+    return server
 
 
 def main() -> None:
@@ -140,7 +125,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="passes over the images per phase and cycle")
     parser.add_argument("--cycles", type=int, default=3, help="times the three phases are repeated, interleaved")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
-    parser.add_argument("--log", type=Path, default=Path("/tmp/poseops-bench-service.log"))
     args = parser.parse_args()
     os.environ.setdefault("YOLO_OFFLINE", "true")
     if (ROOT.parent / "shared" / "weights").is_dir():  # the bundled weights, as the Makefile does
@@ -160,7 +144,8 @@ def main() -> None:
         model.detect(image)
     latencies: dict[str, list[float]] = {name: [] for name in PHASES}
     walls = dict.fromkeys(PHASES, 0.0)
-    process, url = start_service(args)
+    server = start_service(args)
+    url = server.url
     try:
         bench_service(url, images, 1, len(images))  # warm-up
         for _ in range(args.cycles):
@@ -172,7 +157,7 @@ def main() -> None:
                 latencies[name] += seen
                 walls[name] += wall
     finally:
-        stop_service(process)
+        server.down()
     for name in PHASES:
         results[name] = summary(latencies[name], walls[name])
     results["loadavg_after"] = os.getloadavg()[0]

@@ -54,11 +54,15 @@ SERVICE_URL = f"http://127.0.0.1:{free_port()}"
 
 @pytest.fixture(scope="module", autouse=True)
 def stop_the_service(label_studio):
+    """Stop the service the loop deployed: its state is under the test home (POSEOPS_HOME), at SERVICE_URL."""
     yield
-    from poseops.deploy import service_server
-    from poseops.settings import load_settings
+    from dataclasses import replace
 
-    service_server(load_settings()).down()
+    from poseops.deploy import service_server
+
+    server = service_server(replace(label_studio, service_url=SERVICE_URL))
+    server.down()
+    assert not server.answers(), "the deployed service still answers after the tests"
 
 
 def test_the_loop_end_to_end_then_a_worse_model_is_not_deployed(prefect_api, in_loop_repo, label_studio):

@@ -3,7 +3,9 @@
     poseops deploy                                  # models:/poseops-pose@champion
     poseops deploy --model models:/poseops-pose/3
 
-A version that does not load fails before the running service is touched.
+The version goes into the BentoML model store and a Bento is built around it; the
+service restarts on that Bento. A version that does not load fails before the running
+service is touched.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ def deploy(model_uri: str = DEFAULT_MODEL, runtime: str = "onnx") -> dict:
     create_markdown_artifact(
         key="deploy",
         markdown=(f"## Deployed\n\n| | |\n|---|---|\n| model | `{done.model_ref}` ({model_uri}) |\n"
-                  f"| MLflow run | `{done.run_id}` |\n| service | {done.url} (playground {done.url}/, docs {done.url}/docs) |\n"),
+                  f"| MLflow run | `{done.run_id}` |\n| Bento | `{done.bento}` |\n| service | {done.url} (playground {done.url}/, docs {done.url}/docs) |\n"),
         description=f"deploy of {model_uri}")
-    return {"url": done.url, "model": done.model_ref, "run_id": done.run_id, "files": str(done.files)}
+    return {"url": done.url, "model": done.model_ref, "run_id": done.run_id, "files": str(done.files),
+            "bento": done.bento}
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def improvement_loop(dataset: str = "demo-people", root: str = ".", overrides: l
         params = load_params(Path(root) / "params.yaml", dict(map(parse_override, overrides)))
         champion = f"models:/{params.mlflow.registered_model}@{params.promote.alias}"
         deployed = deploy(model_uri=champion)
-        summary["steps"].append(("deploy", f"{deployed['model']} at {deployed['url']}"))
+        summary["steps"].append(("deploy", f"{deployed['model']} (Bento {deployed['bento']}) at {deployed['url']}"))
     else:
         summary["steps"].append(("deploy", "kept the running service: the new model is not better than the champion"))
 

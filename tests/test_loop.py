@@ -6,7 +6,12 @@ the running service keeps the champion. Deploying a version that does not exist 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -85,6 +90,8 @@ def test_the_loop_end_to_end_then_a_worse_model_is_not_deployed(prefect_api, in_
     champion_map = float(steps["train"].rsplit(" ", 1)[-1])
     assert champion_map > 0.1, f"the fine-tuned champion lost its accuracy: {steps['train']}"
     assert "poseops-pose:1" in steps["deploy"]
+    bento = check_the_bento_serves_the_model_from_the_store(label_studio.home, "poseops-pose:v1")
+    assert bento in steps["deploy"]
     assert steps["autolabel"].startswith("2 task(s)")
     meta = httpx.get(f"{SERVICE_URL}/metadata", timeout=10).json()
     assert (meta["model"]["name"], meta["model"]["version"]) == ("poseops-pose", "1")
@@ -101,6 +108,21 @@ def test_the_loop_end_to_end_then_a_worse_model_is_not_deployed(prefect_api, in_
     meta = httpx.get(f"{SERVICE_URL}/metadata", timeout=10).json()
     assert meta["model"]["version"] == "1"  # still the champion
     assert httpx.post(f"{SERVICE_URL}/detect", files={"image": images[0].path.read_bytes()}, timeout=60).status_code == 200
+
+
+def check_the_bento_serves_the_model_from_the_store(home: Path, model_tag: str) -> str:
+    """The BentoML stores under the home hold the model version and a Bento of the service packing it; its tag."""
+    env = {**os.environ, "BENTOML_HOME": str(home / "bentoml")}
+    models = json.loads(subprocess.run([sys.executable, "-m", "bentoml", "models", "list", "-o", "json"], env=env,
+                                       capture_output=True, text=True, check=True).stdout)
+    assert model_tag in [m["tag"] for m in models], models
+    bentos = json.loads(subprocess.run([sys.executable, "-m", "bentoml", "list", "-o", "json"], env=env,
+                                       capture_output=True, text=True, check=True).stdout)
+    assert bentos, "deploy built no Bento"
+    newest = max(bentos, key=lambda b: b["creation_time"])
+    info = yaml.safe_load(Path(home / "bentoml" / "bentos" / newest["tag"].replace(":", "/") / "bento.yaml").read_text())
+    assert [m["tag"] for m in info["services"][0]["models"]] == [model_tag]
+    return newest["tag"]
 
 
 def test_deploying_a_missing_version_leaves_the_service_alone(prefect_api, in_loop_repo):

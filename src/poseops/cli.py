@@ -366,7 +366,8 @@ def deploy(
 
     use_prefect_server(load_settings())
     done = deploy_flow(model_uri=model, runtime=runtime)
-    console.print(f"serving {done['model']} at {done['url']}  (playground {done['url']}/, API docs {done['url']}/docs)")
+    console.print(f"serving {done['model']} (Bento {done['bento']}) at {done['url']}  "
+                  f"(playground {done['url']}/, API docs {done['url']}/docs)")
 
 
 @app.command("loop")

@@ -4,14 +4,17 @@ The version's files (ONNX export, best.pt, the skeleton spec it was trained with
 from the MLflow registry into `<home>/deployments/<name>-v<version>/`, with a lineage
 file (model version, MLflow run, dataset DVC hash, Label Studio snapshot) that the
 service reports at `/metadata`. The model is loaded and checked here first: a bad
-version fails before the running service is touched. Then the service (a `bentoml
-serve` process managed like the other servers) is restarted on it, and we wait until
-`/readyz` answers.
+version fails before the running service is touched. Then the version goes into the
+BentoML model store and a Bento is built around it (`poseops.bento_build`, stores under
+`<home>/bentoml`), and the service (`bentoml serve BENTO`, managed like the other
+servers) is restarted on that Bento; we wait until `/readyz` answers.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ class Deployment:
     model_version: str
     run_id: str
     files: Path
+    bento: str
 
     @property
     def model_ref(self) -> str:
@@ -66,14 +70,6 @@ def fetch_version(model_uri: str, settings: Settings) -> tuple[object, Path]:
     return version, files
 
 
-def service_config(files: Path, runtime: str = "onnx"):
-    from poseops.detector import ServiceConfig
-
-    weights = files / ("model.onnx" if runtime == "onnx" else "best.pt")
-    return ServiceConfig(weights=str(weights), skeleton=files / "skeleton.yaml", runtime=runtime,
-                         lineage=files / "lineage.json")
-
-
 def check_model(config) -> None:
     """Load the model with its skeleton as the service will: fails on a broken or mismatched version."""
     from poseops.inference import ModelError, PoseModel
@@ -85,22 +81,45 @@ def check_model(config) -> None:
         raise DeployError(f"the model does not load ({e}); the running service was left as it was") from None
 
 
-def service_server(settings: Settings, config=None) -> ManagedServer:
-    """The detection service as a managed `bentoml serve` process on settings.service_url."""
+def bentoml_env(settings: Settings) -> dict[str, str]:
+    """BentoML's model and Bento stores under the poseops home."""
+    return {"BENTOML_HOME": str((settings.home / "bentoml").resolve())}
+
+
+def build_bento(files: Path, settings: Settings, runtime: str) -> str:
+    """The model version in `files` saved to the BentoML model store and packed into a new Bento; its tag."""
+    done = subprocess.run([sys.executable, "-m", "poseops.bento_build", str(files), "--runtime", runtime],
+                          env={**os.environ, **bentoml_env(settings)}, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise DeployError(f"building the Bento failed; the running service was left as it was:\n"
+                          f"{done.stderr.strip()[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def service_server(settings: Settings, config=None, bento: str | None = None) -> ManagedServer:
+    """The detection service as a managed `bentoml serve` process on settings.service_url.
+
+    Serves the Bento `bento` when given (what `deploy` does), else the service in
+    `bentos/` configured by `config` (a ServiceConfig).
+    """
     url = settings.service_url
-    env = {**(config.to_env() if config is not None else {}), "POSEOPS_HOME": str(settings.home.resolve())}
-    command = [sys.executable, "-m", "bentoml", "serve", "service:PoseDetector", "--working-dir", str(SERVICE_DIR),
-               "--host", "127.0.0.1", "--port", str(port_of(url, 3000))]
+    env = {**(config.to_env() if config is not None else {}), "POSEOPS_HOME": str(settings.home.resolve()),
+           **bentoml_env(settings)}
+    target = [bento] if bento else ["service:PoseDetector", "--working-dir", str(SERVICE_DIR)]
+    command = [sys.executable, "-m", "bentoml", "serve", *target, "--host", "127.0.0.1", "--port", str(port_of(url, 3000))]
     return ManagedServer("the detection service", (settings.home / "service").resolve(), url, f"{url}/readyz",
                          command, env, hint="If the port is taken, set POSEOPS_SERVICE_URL to another port.")
 
 
 def deploy(settings: Settings, model_uri: str, runtime: str = "onnx", timeout: float = 300.0) -> Deployment:
     """Serve the registered version `model_uri` (e.g. models:/poseops-pose@champion), replacing the running one."""
+    from poseops.detector import ServiceConfig
+
     version, files = fetch_version(model_uri, settings)
-    config = service_config(files, runtime)
-    check_model(config)  # before anything running is touched
-    server = service_server(settings, config)
+    config = ServiceConfig(runtime=runtime)
+    check_model(config.with_model_files(files))  # before anything running is touched
+    bento = build_bento(files, settings, runtime)
+    server = service_server(settings, config, bento)
     server.down()
     server.up(timeout)
-    return Deployment(settings.service_url, version.name, str(version.version), version.run_id, files)
+    return Deployment(settings.service_url, version.name, str(version.version), version.run_id, files, bento)

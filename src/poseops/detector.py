@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,11 @@ class ServiceConfig:
         if config.runtime not in RUNTIMES:
             raise ValueError(f"POSEOPS_RUNTIME={config.runtime!r}: use one of {', '.join(RUNTIMES)}")
         return config
+
+    def with_model_files(self, folder: Path) -> ServiceConfig:
+        """This config serving a deployed model version's folder (model.onnx or best.pt, skeleton.yaml, lineage.json)."""
+        weights = folder / ("model.onnx" if self.runtime == "onnx" else "best.pt")
+        return replace(self, weights=str(weights), skeleton=folder / "skeleton.yaml", lineage=folder / "lineage.json")
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that make `from_env` give this config back."""

@@ -8,6 +8,7 @@ test-artifacts/playground.png. Debian's Chromium is used (never a downloaded one
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -74,3 +75,51 @@ def test_playground_draws_the_skeleton(detect_service: RunningService):
         assert page.text_content("#conf-out") == "0.90"
         assert not errors, errors
     assert shot.stat().st_size > 10_000
+
+
+DROP_FILE = """async ([b64, name, type]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, { type }));
+  const drop = document.getElementById('drop');
+  drop.dispatchEvent(new DragEvent('dragover', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  const highlighted = drop.classList.contains('over');
+  drop.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  return { highlighted, after: drop.classList.contains('over') };
+}"""
+
+
+def test_dropping_an_image_detects_and_a_wrong_key_is_shown(detect_service: RunningService):
+    """Drag and drop an image onto the page (a real DragEvent with the file), detect; a bad key shows the 401."""
+    image = IMAGES[0]
+    with browser_page(1280, 900) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(detect_service.url + "/", wait_until="networkidle")
+        page.wait_for_function("document.getElementById('model').textContent.includes('ready')")
+        dropped = page.evaluate(DROP_FILE, [base64.b64encode(image.read_bytes()).decode(), image.name, "image/jpeg"])
+        assert dropped == {"highlighted": True, "after": False}
+        page.wait_for_function("!document.getElementById('detect').disabled")
+        assert image.name in page.text_content("#status")
+
+        page.fill("#key", "not-a-key")
+        page.click("#detect")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('401')", timeout=60_000)
+        assert json.loads(page.text_content("#json"))["error"] == "unknown_api_key"
+
+        page.fill("#key", detect_service.keys["main"])
+        page.click("#detect")
+        page.wait_for_function("/detections? in/.test(document.getElementById('status').textContent)", timeout=60_000)
+        shown = json.loads(page.text_content("#json"))
+        canvas = page.eval_on_selector("#canvas", "c => ({...c.dataset, width: c.width, height: c.height})")
+        assert len(shown) >= 1 and int(canvas["detections"]) == len(shown)
+
+        not_an_image = page.evaluate(DROP_FILE, [base64.b64encode(b"just text").decode(), "notes.jpg", "image/jpeg"])
+        assert not_an_image["highlighted"]
+        page.wait_for_function("document.getElementById('status').textContent.includes('not an image')")
+        assert "notes.jpg" in page.text_content("#status")
+        page.click("#detect")  # still the dropped photo, not the text file
+        page.wait_for_function("/detections? in/.test(document.getElementById('status').textContent)", timeout=60_000)
+        assert json.loads(page.text_content("#json")) == shown
+        screenshot(page, "playground-dropped.png")
+        assert not errors, errors

@@ -14,7 +14,7 @@ ifneq ($(wildcard $(SHARED)/datasets),)
 export POSEOPS_SAMPLE_IMAGES ?= $(SHARED)/datasets/coco8-pose/images
 endif
 
-.PHONY: install install-system demo demo-down test test-unit lint bench clean
+.PHONY: install install-system demo demo-down test test-unit lint bench load clean
 install: $(VENV)/.installed $(LS_VENV)/.installed install-system
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -52,6 +52,10 @@ test-unit: install
 # Benchmarks (minutes; not part of `make test`): figures to docs/benchmarks.md
 bench: install
 	$(VENV)/bin/python benchmarks/run_all.py
+
+# The long load test alone: 4 clients for 60 s against the service (loopback), p50/p99, RSS before/after
+load: install
+	$(VENV)/bin/python benchmarks/load.py
 
 lint: install
 	$(VENV)/bin/ruff check .

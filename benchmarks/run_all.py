@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = [
     ("Conversion: poseops vs the Label Studio SDK's YOLO export", ["benchmarks/convert.py"]),
     ("Serving: the service vs raw in-process inference", ["benchmarks/serve.py"]),
+    ("Load: 4 clients for 60 s against the service", ["benchmarks/load.py"]),
     ("Autolabel: the flow vs the raw model", ["benchmarks/autolabel.py"]),
     ("Training: the DVC pipeline vs Ultralytics called directly", ["benchmarks/train_overhead.py"]),
     ("Fine-tuning on coco-mini-train, measured on coco8-pose val: Ultralytics' defaults (optimizer=auto)",

@@ -23,15 +23,11 @@ import threading
 import time
 from pathlib import Path
 
+from poseops.loadtest import percentile
+
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("raw", "service_1_client", "service_4_clients")
 DEFAULT_IMAGES = Path(os.environ.get("POSEOPS_SAMPLE_IMAGES", ROOT.parent / "shared" / "datasets" / "coco8-pose" / "images"))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:

@@ -33,6 +33,7 @@ class RunningService:
     keys: dict[str, str]  # name -> the key itself
     lineage: dict[str, str]
     log: Path
+    pid: int | None = None  # of `poseops serve`; bentoml serve and its workers run below it
     # what the start-up poll saw while the model was loading: /readyz statuses and one /detect answer
     readyz_seen: list[int] = field(default_factory=list)
     detect_while_loading: tuple[int, dict] | None = None
@@ -114,6 +115,7 @@ def detect_service(tmp_path_factory) -> Iterator[RunningService]:
         "--host", "127.0.0.1", "--port", str(port), "--service-dir", str(ROOT / "bentos"),
     ]  # fmt: skip
     process = start(command, env, service.log)
+    service.pid = process.pid
     try:
         wait_ready(service, process, probe_image=IMAGES[0])
         yield service

@@ -1,4 +1,4 @@
-"""CLI commands of the detection service: `serve`, `detect`, `predict`, `api-key`.
+"""CLI commands of the detection service: `serve`, `detect`, `predict`, `api-key`, `load-test`.
 
 `register(app)` adds them to the `poseops` Typer app; `python -m poseops.cli_serve`
 runs them on their own.
@@ -250,12 +250,49 @@ def api_key(
     typer.echo(key)
 
 
+def load_test(
+    paths: Annotated[list[Path], typer.Argument(exists=True, help="images or folders of them to send in turn")],
+    url: Annotated[str | None, typer.Option(envvar="POSEOPS_URL", help="service URL (default: the deployed service, POSEOPS_SERVICE_URL)")] = None,
+    clients: Annotated[int, typer.Option(min=1, max=64, help="concurrent clients")] = 4,
+    seconds: Annotated[float, typer.Option(min=1, max=3600, help="how long to send")] = 60.0,
+    max_requests: Annotated[int, typer.Option(min=1, help="stop after this many requests in all")] = 10_000,
+    api_key: Annotated[str | None, typer.Option(envvar="POSEOPS_API_KEY", help="API key (better given by POSEOPS_API_KEY)")] = None,
+    pid: Annotated[int | None, typer.Option(help="the service's process id, for its memory (default: the deployed service's)")] = None,
+) -> None:
+    """Load the running service with several clients for a fixed time; print failures, p50/p99 latency, memory."""
+    from poseops.deploy import service_server
+    from poseops.loadtest import run_load
+    from poseops.settings import load_settings
+
+    settings = load_settings()
+    deployed = service_server(settings).status()
+    if url is None:
+        url = settings.service_url
+        pid = pid or deployed.pid
+    elif pid is None and url.rstrip("/") == settings.service_url.rstrip("/"):
+        pid = deployed.pid
+    images = [p for p in collect_sources(paths) if p.suffix.lower() in IMAGE_SUFFIXES]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    try:
+        result = run_load(url, images, clients, seconds, max_requests, headers, pid)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    summary = result.summary()
+    typer.echo(json.dumps(summary))
+    for failure in result.failures[:5]:
+        typer.echo(f"failed: {failure}", err=True)
+    if result.failures:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the service commands to the `poseops` CLI."""
     app.command("serve")(serve)
     app.command("detect")(detect)
     app.command("predict")(predict)
     app.command("api-key")(api_key)
+    app.command("load-test")(load_test)
 
 
 if __name__ == "__main__":

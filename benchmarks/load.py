@@ -1,0 +1,75 @@
+"""The long load test: the service under several clients for 60 s, against raw inference in the same run.
+
+    .venv/bin/python benchmarks/load.py [--seconds 60] [--clients 4]      (or: make load)
+
+Starts the service as `poseops deploy` runs it (on 127.0.0.1, a free port, a fresh home),
+warms it up, measures raw in-process inference for a baseline, then runs `poseops.loadtest`
+(the code behind `poseops load-test`) for `--seconds` with `--clients` clients (at most
+`--max-requests`). Prints failed requests, p50/p99, throughput, the service's RSS (process
+and workers) before and after, and the ratios: throughput under load / raw, RSS after / before.
+Exits 1 if any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from serve import DEFAULT_IMAGES, ROOT, load_raw, start_service
+
+from poseops.loadtest import run_load
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of .jpg images (searched recursively)")
+    parser.add_argument("--weights", default="yolo11n-pose.pt")
+    parser.add_argument("--skeleton", type=Path, default=ROOT / "label_config" / "skeletons" / "person.yaml")
+    parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--max-requests", type=int, default=5000)
+    args = parser.parse_args()
+    os.environ.setdefault("YOLO_OFFLINE", "true")
+    if (ROOT.parent / "shared" / "weights").is_dir():
+        os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(ROOT.parent / "shared" / "weights"))
+    images = sorted(args.images.rglob("*.jpg"))
+    if not images:
+        raise SystemExit(f"no .jpg images under {args.images}")
+
+    import cv2
+
+    model = load_raw(args)
+    decoded = [cv2.imread(str(p)) for p in images]
+    server = start_service(args)
+    try:
+        pid = server.status().pid
+        warm = run_load(server.url, images, clients=2, seconds=10, max_requests=2 * len(images))
+        started, done = time.perf_counter(), 0
+        while time.perf_counter() - started < 10:
+            model.detect(decoded[done % len(decoded)], 0.25, 0.45)
+            done += 1
+        raw_per_s = done / (time.perf_counter() - started)
+        result = run_load(server.url, images, args.clients, args.seconds, args.max_requests, pid=pid)
+    finally:
+        server.down()
+    summary = result.summary()
+    print(f"warm-up: {warm.requests} requests, {len(warm.failures)} failed")
+    print(f"raw in-process: {raw_per_s:.2f} images/s (10 s)")
+    print(f"service, {args.clients} clients, {summary['seconds']} s: {summary['requests']} requests, "
+          f"{summary['failed']} failed, p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, "
+          f"{summary['throughput_per_s']} images/s")
+    print(f"service RSS: {summary['rss_before_mb']} MiB before, {summary['rss_after_mb']} MiB after")
+    print(json.dumps({"throughput_under_load_over_raw": round(summary["throughput_per_s"] / raw_per_s, 3),
+                      "rss_after_over_before": round(result.rss_after_mb / result.rss_before_mb, 3)}))
+    for failure in result.failures[:5]:
+        print(f"failed: {failure}", file=sys.stderr)
+    return 1 if result.failures or warm.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,12 +53,44 @@ def label_studio(tmp_path_factory) -> Settings:
         label_studio_bin=ROOT / ".venv-labelstudio" / "bin" / "label-studio",
     )
     status = labelstudio_server.up(settings, timeout=900)
+    assert_listens_on_loopback_only(status.pid, "Label Studio")
     try:
         yield settings
     finally:
         labelstudio_server.down(settings)
         assert not labelstudio_server.answers(settings.label_studio_url), "Label Studio still answers after down"
         assert status.pid is not None and not alive(status.pid), "the Label Studio process survived down"
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """The IP addresses the process (and its children) listen on."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = set()
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            found |= {c.laddr.ip for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            continue
+    return found
+
+
+def assert_listens_on_loopback_only(pid: int, what: str) -> None:
+    addresses = listening_addresses(pid)
+    assert addresses, f"{what} (pid {pid}) listens on nothing"
+    assert addresses == {"127.0.0.1"}, f"{what} listens on {addresses}: servers poseops starts bind 127.0.0.1 only"
+
+
+def files_containing(root: Path, secrets: list[str], skip: tuple[str, ...] = ()) -> list[str]:
+    """Files under `root` (databases and logs included, read as bytes) holding any of `secrets`."""
+    needles = [s.encode() for s in secrets if s]
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and not any(part in skip for part in path.relative_to(root).parts):
+            data = path.read_bytes()
+            hits += [f"{path} holds a secret" for needle in needles if needle in data]
+    return hits
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

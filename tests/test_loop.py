@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import PERSON_SPEC, SHARED_DATASETS, free_port
+from conftest import PERSON_SPEC, SHARED_DATASETS, assert_listens_on_loopback_only, files_containing, free_port
 
 from poseops.coco import read_yolo_pose
 from poseops.datasets import create_dataset, upload_images
@@ -72,6 +72,8 @@ def stop_the_service(label_studio):
 
 def test_the_loop_end_to_end_then_a_worse_model_is_not_deployed(prefect_api, in_loop_repo, label_studio):
     from flows.loop import improvement_loop
+    from poseops.deploy import service_server
+    from poseops.settings import load_settings
 
     skeleton = load_skeleton(PERSON_SPEC)
     images = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
@@ -107,6 +109,13 @@ def test_the_loop_end_to_end_then_a_worse_model_is_not_deployed(prefect_api, in_
     assert "kept the running service" in steps["deploy"], steps
     meta = httpx.get(f"{SERVICE_URL}/metadata", timeout=10).json()
     assert meta["model"]["version"] == "1"  # still the champion
+    assert_listens_on_loopback_only(service_server(load_settings()).status().pid, "the deployed service")
+    # the Label Studio token and password are in none of what two loops wrote: the MLflow store (params, tags,
+    # artifacts), DVC and git files, the deployed model, BentoML's stores, the service's log (Label Studio's own
+    # database, under labelstudio/, is where they belong)
+    secrets = [label_studio.label_studio_token, label_studio.label_studio_password]
+    assert files_containing(in_loop_repo, secrets) == []
+    assert files_containing(label_studio.home, secrets, skip=("labelstudio",)) == []
     assert httpx.post(f"{SERVICE_URL}/detect", files={"image": images[0].path.read_bytes()}, timeout=60).status_code == 200
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from conftest import PERSON_SPEC, ROOT, SHARED_DATASETS, free_port
+from conftest import PERSON_SPEC, ROOT, SHARED_DATASETS, assert_listens_on_loopback_only, files_containing, free_port
 
 from poseops.coco import read_yolo_pose
 from poseops.datasets import create_dataset, upload_images
@@ -58,6 +59,17 @@ def test_deployments_appear_with_schedules_and_a_triggered_run_completes(workspa
                          lambda s: s in ("COMPLETED", "FAILED", "CRASHED"), 300, served)
         assert state == "COMPLETED"
         assert (workspace / "data" / name / "data.yaml").is_file()
+        assert_listens_on_loopback_only(server.status().pid, "the Prefect server")
+        # the Label Studio token and password appear in none of what the run left: Prefect's logs and
+        # artifacts, its database and log, the dataset, DVC and git files
+        logs = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+        artifacts = httpx.post(f"{api}/artifacts/filter", json={}).json()
+        assert len(logs) > 3 and artifacts
+        secrets = [label_studio.label_studio_token, label_studio.label_studio_password]
+        shown = json.dumps(logs) + json.dumps(artifacts)
+        assert not [s for s in secrets if s and s in shown], "a secret is in Prefect's logs or artifacts"
+        assert files_containing(settings.home, secrets) == []
+        assert files_containing(workspace, secrets) == []
     finally:
         os.killpg(served.pid, 15)
         served.wait(timeout=30)

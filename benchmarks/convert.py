@@ -105,7 +105,7 @@ def run_sdk(export: Path, skeleton: Skeleton, work: Path, out: Path) -> tuple[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=600)
+    parser.add_argument("--tasks", type=int, default=5000, help="tasks (x --persons = pose annotations)")
     parser.add_argument("--persons", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the fastest counts")
     parser.add_argument("--spec", type=Path, default=ROOT / "label_config" / "skeletons" / "person.yaml")

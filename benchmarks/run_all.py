@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = [
     ("Conversion: poseops vs the Label Studio SDK's YOLO export", ["benchmarks/convert.py"]),
+    ("Pull: nothing changed vs the first pull and the bare export", ["benchmarks/pull_nochange.py"]),
     ("Serving: the service vs raw in-process inference", ["benchmarks/serve.py"]),
     ("Load: 4 clients for 60 s against the service", ["benchmarks/load.py"]),
     ("Autolabel: the flow vs the raw model", ["benchmarks/autolabel.py"]),
@@ -33,7 +34,7 @@ NOISE = ("| INFO", "WARNING |", "Ultralytics", "Downloading", "it/s]", "Loading 
          "Export complete", "Results saved", "Predict:", "Validate:", "Visualize:", "summary (fused)", "Update Settings",
          "starting Label Studio", "━", "Class ", " all ", "Optimizer stripped", "Validating", "Speed:", "MLflow:",
          "val:", "train:", "epochs completed", "Epoch ", "Closing dataloader", "Starting training", "Logging results",
-         "Image sizes", "Plotting", "AMP:", "Transferred")
+         "Image sizes", "Plotting", "AMP:", "Transferred", "Prefect", "prefect", "| WARNING |")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 

@@ -1,0 +1,106 @@
+"""Pull time when nothing changed, against the first pull and the bare export, in one run.
+
+    python benchmarks/pull_nochange.py [--images 40] [--label-studio-url URL --token TOKEN]
+
+A Label Studio project with up to `--images` labeled images (coco-mini-train with its COCO
+keypoint labels) is pulled three ways in a fresh git + DVC workspace:
+1. export only: Label Studio's export snapshot created and downloaded (the least any pull does);
+2. the first pull: export, image download, conversion, `dvc add`, `dvc push`, git commit;
+3. pulls with nothing changed (median of `--repeat`): the same flow, ending without a new version.
+Without --label-studio-url a Label Studio is started for the run (its first start migrates for
+about 90 s, not counted). Prints seconds and the ratios no-change/first and no-change/export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from autolabel import SHARED, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=80, help="at most this many labeled images (coco-mini-train has 28)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--label-studio-url")
+    parser.add_argument("--token")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+
+    from poseops import labelstudio_server
+    from poseops.coco import image_results, read_coco_keypoints
+    from poseops.datasets import create_dataset, upload_images
+    from poseops.demo import make_workspace
+    from poseops.labelstudio import LabelStudioClient
+    from poseops.pull import export_snapshot
+    from poseops.settings import Settings, quiet_telemetry
+    from poseops.skeleton import load_skeleton
+
+    quiet_telemetry()
+    work = Path(tempfile.mkdtemp(prefix="poseops-bench-pull-"))
+    spec = ROOT / "label_config" / "skeletons" / "person.yaml"
+    skeleton = load_skeleton(spec)
+    coco = SHARED / "datasets" / "coco-mini-train"
+    labeled = read_coco_keypoints(coco / "annotations" / "person_keypoints_train2017.json", skeleton=skeleton)
+    labeled = [im for im in labeled if im.poses][: args.images]
+    images = [im.path for im in labeled]
+    labels = {im.path: image_results(skeleton, im) for im in labeled}
+
+    started = None
+    if args.label_studio_url:
+        settings = Settings(home=work / "home", label_studio_url=args.label_studio_url, label_studio_token=args.token)
+    else:
+        settings = Settings(home=work / "home", label_studio_url=f"http://127.0.0.1:{free_port()}",
+                            label_studio_password=secrets.token_urlsafe(12), label_studio_token=secrets.token_hex(20),
+                            label_studio_bin=ROOT / ".venv-labelstudio" / "bin" / "label-studio")
+        print("starting Label Studio for the run ...", flush=True)
+        started = labelstudio_server.up(settings, timeout=900)
+    os.environ.update({"POSEOPS_HOME": str(settings.home), "LABEL_STUDIO_URL": settings.label_studio_url,
+                       "LABEL_STUDIO_USER_TOKEN": settings.label_studio_token})
+    try:
+        name = f"bench-{uuid.uuid4().hex[:6]}"
+        with LabelStudioClient(settings) as client:
+            project, _ = create_dataset(client, settings, name, spec)
+            upload_images(client, settings, name, images, labels=labels)
+            t0 = time.perf_counter()
+            snapshot = export_snapshot(client, project.id)
+            export_s = time.perf_counter() - t0
+        workspace = make_workspace(work / "repo", {"pull": {"min_images": 4, "val_fraction": 0.25}})
+        os.chdir(workspace)
+        from prefect.testing.utilities import prefect_test_harness
+
+        from flows.pull_labels import pull_labels
+
+        with prefect_test_harness(server_startup_timeout=180):
+            t0 = time.perf_counter()
+            first = pull_labels(dataset=name)
+            first_s = time.perf_counter() - t0
+            again: list[float] = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                unchanged = pull_labels(dataset=name)
+                again.append(time.perf_counter() - t0)
+        nochange_s = statistics.median(again)
+        print(f"images: {len(images)} labeled ({len(snapshot.tasks)} tasks exported)")
+        print(f"export only (snapshot create + download): {export_s:7.2f} s")
+        print(f"first pull (export, images, convert, DVC add/push, commit): {first_s:7.2f} s  -> {first.get('dvc_md5')}")
+        print(f"no-change pull, median of {args.repeat}: {nochange_s:7.2f} s  -> {unchanged.get('dvc_md5')} "
+              f"(same version: {unchanged.get('dvc_md5') == first.get('dvc_md5')})")
+        print(f"ratio no-change/first: {nochange_s / first_s:.2f}   no-change/export: {nochange_s / export_s:.2f}")
+    finally:
+        if started is not None:
+            labelstudio_server.down(settings)
+
+
+if __name__ == "__main__":
+    main()

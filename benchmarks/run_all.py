@@ -34,7 +34,7 @@ NOISE = ("| INFO", "WARNING |", "Ultralytics", "Downloading", "it/s]", "Loading 
          "Export complete", "Results saved", "Predict:", "Validate:", "Visualize:", "summary (fused)", "Update Settings",
          "starting Label Studio", "━", "Class ", " all ", "Optimizer stripped", "Validating", "Speed:", "MLflow:",
          "val:", "train:", "epochs completed", "Epoch ", "Closing dataloader", "Starting training", "Logging results",
-         "Image sizes", "Plotting", "AMP:", "Transferred", "Prefect", "prefect", "| WARNING |")
+         "Image sizes", "Plotting", "AMP:", "Transferred", "Prefect", "prefect")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 

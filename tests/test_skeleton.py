@@ -77,6 +77,21 @@ BAD_SPECS = {
         "classes:\n  - name: a\n    keypoints: [x, y]\n  - name: b\n    keypoints: [x]\n", 4, "one keypoint count"),
     "not yaml": ("classes: [\n", 0, "not valid YAML"),
     "no classes": ("keypoint: 3\n", 1, "'classes'"),
+    "empty file": ("", 0, "expected a mapping with a 'classes' list"),
+    "a list, not a mapping": ("- a\n- b\n", 1, "expected a mapping"),
+    "classes not a list": ("classes: abc\n", 1, "must be a non-empty list"),
+    "numbers as names": ("classes:\n  - name: a\n    keypoints: [1, 2]\n", 3, "must be a name"),
+    "null keypoint": ("classes:\n  - name: a\n    keypoints: [null]\n", 3, "must be a name"),
+    "markup in a name": ("classes:\n  - name: 'a\"<x>'\n    keypoints: [b]\n", 2, "letters, digits"),
+    "empty class name": ("classes:\n  - name: ''\n    keypoints: [x]\n", 2, "non-empty name"),
+    "position outside the box": (
+        "classes:\n  - name: a\n    keypoints:\n      - {name: x, position: [2, -1]}\n", 4, "between 0 and 1"),
+    "connection colour": (
+        "classes:\n  - name: a\n    keypoints: [x, y]\n    connections:\n      - [x, y, nocolour]\n", 5, "bad colour"),
+    "connection of one": ("classes:\n  - name: a\n    keypoints: [x, y]\n    connections:\n      - [x]\n", 5, "[a, b]"),
+    "alias bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                   "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nclasses:\n  - name: a\n    keypoints: *c\n", 1,
+                   "unknown key 'a'"),
 }
 
 
@@ -91,6 +106,15 @@ def test_bad_spec_is_refused_naming_file_and_line(case):
         assert message.startswith(f"spec.yaml:{line}:"), message
     else:
         assert message.startswith("spec.yaml")
+
+
+def test_binary_file_and_folder_are_refused_clearly(tmp_path):
+    binary = tmp_path / "spec.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x89PNG garbage")
+    with pytest.raises(SkeletonError, match="cannot be read as a text file"):
+        load_skeleton(binary)
+    with pytest.raises(SkeletonError, match="cannot be read as a text file"):
+        load_skeleton(tmp_path)
 
 
 def test_missing_file_says_what_to_pass(tmp_path):

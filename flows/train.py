@@ -56,6 +56,7 @@ def train_flow(root: str = ".", overrides: list[str] | None = None, use_dvc: boo
     """Train through the DVC pipeline, promote when `promote.auto` (or `promote`) says so, and report."""
     overrides = list(overrides or [])
     params = load_params(Path(root) / "params.yaml", dict(map(parse_override, overrides)))  # fail before any work
+    tracking.check_store()  # an unreachable or locked MLflow store too
     use_dvc = training.is_dvc_repo(Path(root)) if use_dvc is None else use_dvc
     outputs = run_pipeline(root, overrides, use_dvc)
     do_promote = params.promote.auto if promote is None else promote

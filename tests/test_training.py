@@ -5,7 +5,7 @@ Trainings are shared through module-scoped fixtures, each done once:
 - `pipeline`: `dvc repro` in a fresh git+DVC repo, 1 epoch at imgsz 160 from the COCO-pretrained
   yolo11n-pose with default (aggressive) warm-up: a poor model, registered as a version.
 - `resumed`: 2 epochs with a learning rate near 0 (so the pretrained quality stays), interrupted
-  after epoch 1 and resumed from last.pt: a good model, registered as a version.
+  after epoch 1 and resumed from last.pt in a new run: a good model, registered as a version.
 - `fine_tuned`: 1 epoch from `models:/…@champion`, recorded as its parent.
 """
 
@@ -286,12 +286,18 @@ def test_interrupted_training_resumes_from_last_pt(resumed, env):
     assert seen.state["status"] == "interrupted" and seen.rows == 1
     assert seen.status == "KILLED"
     assert seen.versions == []  # an interrupted training registers nothing
+    interrupted = env.mlc.get_run(seen.state["run_id"])
+    assert interrupted.data.tags["poseops.interrupted"].startswith("simulated Ctrl-C after epoch 1 after 1 epoch(s)")
     result = resumed.result
-    assert result.resumed and result.run_id == seen.state["run_id"]
+    assert result.resumed and result.run_id != seen.state["run_id"]  # a new run, naming the interrupted one
+    assert interrupted.data.tags["poseops.resumed_by_run"] == result.run_id
     assert [int(r["epoch"]) for r in result.epochs] == [1, 2]
     assert [m.step for m in env.mlc.get_metric_history(result.run_id, "fitness")] == [1, 2]
     run = env.mlc.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["poseops.resumed_from"].endswith("last.pt")
+    assert run.data.tags["poseops.resumed_from_run"] == seen.state["run_id"]
+    assert run.data.tags["poseops.resumed_at_epoch"] == "2"
+    assert env.mlc.get_run(seen.state["run_id"]).info.status == "KILLED" and versions_of(env.mlc, seen.state["run_id"]) == []
     assert run.data.tags["git_commit"] == "none"  # not a git repo: said, not invented
     assert [str(v.version) for v in versions_of(env.mlc, result.run_id)] == [resumed.version]
     # the per-epoch fitness is Ultralytics' formula: box mAP50-95 + pose mAP50-95 (pose > 0 here)

@@ -25,13 +25,23 @@ def _user_errors(fn):
     def wrapper(*args, **kwargs):
         from poseops.params import ParamsError
         from poseops.skeleton import SkeletonError
-        from poseops.tracking import TrackingError
+        from poseops.tracking import TrackingError, store_problem, tracking_uri
         from poseops.training import TrainingError
 
         try:
             return fn(*args, **kwargs)
         except (ParamsError, TrainingError, TrackingError, SkeletonError) as e:
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the training's run is already ended as KILLED
+            err_console.print(f"[yellow]interrupted ({escape(str(e) or 'Ctrl-C')}): `poseops train --resume` goes on "
+                              "from the last finished epoch[/]", highlight=False)
+            raise typer.Exit(130) from None
+        except Exception as e:
+            problem = store_problem(tracking_uri(), e)
+            if problem is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(problem)}; then run again", highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -43,13 +53,23 @@ def train(
     root: Annotated[Path, typer.Option(help="Project root with params.yaml (and dvc.yaml)")] = Path("."),
     dvc: Annotated[bool, typer.Option("--dvc/--no-dvc", help="Run through DVC (dvc repro / dvc exp run) or the stages in this process")] = True,
     promote: Annotated[bool | None, typer.Option("--promote/--no-promote", help="Move the champion alias if better (default: promote.auto)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Go on with the interrupted training from its last.pt; an error when there is none")] = False,
 ) -> None:
-    """Train YOLO-pose: prepare → train → evaluate → export, tracked in MLflow, registered, then promoted if better."""
+    """Train YOLO-pose: prepare → train → evaluate → export, tracked in MLflow, registered, then promoted if better.
+
+    An interrupted training with the same params resumes by itself; `--resume` insists on it.
+    """
     from poseops import tracking, training
     from poseops.params import load_params, parse_override
 
     overrides = list(overrides or [])
     params = load_params(root / "params.yaml", dict(map(parse_override, overrides)))  # refuse bad params before work
+    tracking.check_store()  # an unreachable or locked store fails here, before any training time
+    mlc = tracking.client()
+    if resume:
+        found = training.interrupted_training(params, root, mlc=mlc)
+        console.print(f"resuming from {found['last']} after epoch {found['epochs_done']} "
+                      f"(interrupted MLflow run {found['run_id']})")
     if dvc and training.is_dvc_repo(root):
         training.dvc_repro(root, overrides)
     else:
@@ -57,7 +77,6 @@ def train(
             err_console.print(f"[yellow]{root.resolve()} is not a DVC repository (dvc init): running the stages here[/]")
         training.run_stages(params, root)
     out = training.pipeline_outputs(root)
-    mlc = tracking.client()
     console.print(f"MLflow run {out['run_id']}: {tracking.run_url(mlc, out['run_id'])}")
     console.print(f"registered models:/{out['model']}/{out['version']}")
     console.print_json(json.dumps(out["metrics"]))

@@ -20,7 +20,9 @@ import csv
 import json
 import os
 import re
+import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from typing import Any
 FITNESS_WEIGHTS = {"box_mAP50-95": 1.0, "pose_mAP50-95": 1.0}
 _ULTRALYTICS_METRIC = re.compile(r"^metrics/(?P<name>[\w.-]+)\((?P<kind>[BP])\)$")
 SUMMARY_METRICS = ("fitness", "pose_mAP50", "pose_mAP50-95", "box_mAP50", "box_mAP50-95")
+LOCK_WAIT_S = 60.0  # how long training waits for a locked SQLite store before it starts
 
 
 class TrackingError(RuntimeError):
@@ -67,6 +70,79 @@ def client(uri: str | None = None):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def lock_wait_s() -> float:
+    """How long training waits for another process's lock on a SQLite store (`POSEOPS_MLFLOW_LOCK_WAIT`, seconds)."""
+    text = os.environ.get("POSEOPS_MLFLOW_LOCK_WAIT", "").strip()
+    try:
+        return float(text) if text else LOCK_WAIT_S
+    except ValueError:
+        raise TrackingError(f"POSEOPS_MLFLOW_LOCK_WAIT={text!r} is not a number of seconds") from None
+
+
+def check_store(uri: str | None = None, wait_s: float | None = None) -> None:
+    """Before any training time is spent: the tracking server answers, or the SQLite store can be written.
+
+    A SQLite store locked by another process (an open `sqlite3` shell, a stuck writer) is waited
+    for up to `wait_s` (default `lock_wait_s()`), saying so; then the error names the file and what
+    to do. Call it before `client()`: MLflow reads a SQLite store's schema when the client is made,
+    and gives up after 5 s of lock.
+    """
+    uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        import httpx
+
+        try:
+            answer = httpx.get(f"{uri.rstrip('/')}/health", timeout=5.0)
+        except httpx.HTTPError as e:
+            raise TrackingError(f"the MLflow tracking server {uri} does not answer ({type(e).__name__}: {e}): start it "
+                                "(poseops mlflow up, or mlflow server) or set MLFLOW_TRACKING_URI to one that runs; "
+                                "nothing was trained") from None
+        if answer.status_code != 200:
+            raise TrackingError(f"the MLflow tracking server {uri} answers {answer.status_code} on /health: check "
+                                "MLFLOW_TRACKING_URI and the server's log; nothing was trained")
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        if path.is_file() and not _write_lock_free(path, 0.0):
+            wait = lock_wait_s() if wait_s is None else wait_s
+            print(f"the MLflow store {path} is locked by another process: waiting up to {wait:.0f} s", file=sys.stderr)
+            if not _write_lock_free(path, wait):
+                raise TrackingError(f"the MLflow store {path} stayed locked by another process for {wait:.0f} s: "
+                                    f"find it (fuser {path}), end or commit what holds the lock (an open sqlite3 shell, "
+                                    "a stuck training), then run again (POSEOPS_MLFLOW_LOCK_WAIT sets the wait); "
+                                    "nothing was trained")
+
+
+def _write_lock_free(path: Path, wait_s: float) -> bool:
+    """Whether a write transaction on the SQLite file can begin within `wait_s` seconds (then rolled back)."""
+    con = sqlite3.connect(path, timeout=wait_s, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            return False
+        raise TrackingError(f"the MLflow store {path} cannot be written ({e}): check the file and its folder") from None
+    finally:
+        con.close()
+
+
+def store_problem(uri: str, error: BaseException) -> str | None:
+    """What to tell a person when an MLflow call failed because the store was locked or unreachable, else None."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(error, MlflowException):
+        return None
+    text = str(error)
+    if "database is locked" in text:
+        path = uri.removeprefix("sqlite:///")
+        return (f"the MLflow store {path} stayed locked by another process (MLflow waits 20 s): find it "
+                f"(fuser {path}) and end or commit what holds the lock")
+    if error.error_code == "TEMPORARILY_UNAVAILABLE" or "Max retries exceeded" in text or "Connection refused" in text:
+        return f"the MLflow store {uri} cannot be reached or is busy ({text[:200]}): make it answer"
+    return None
 
 
 def experiment_id(mlc, name: str) -> str:
@@ -216,17 +292,35 @@ def write_epochs_csv(rows: list[dict[str, float]], path: Path) -> None:
 class EpochLogger:
     """An Ultralytics `on_fit_epoch_end` callback that logs every new results.csv row to the run.
 
+    A store that is locked or unreachable at the end of an epoch is reported and does not stop
+    the training; the rows it missed go out with a later epoch's (tried again after
+    `RETRY_AFTER_S`, so a long lock costs the training one wait a minute), or at the end.
+
     It reads results.csv rather than `trainer.metrics`, so Ultralytics' final validation of
     best.pt (which also fires `on_fit_epoch_end`) adds no extra epoch, and `flush` after a
     multi-GPU (DDP) training, whose worker processes run no callbacks of ours, logs what is missing.
     """
 
+    RETRY_AFTER_S = 60.0
+
     def __init__(self, mlc, run_id: str, results_csv: Path, already_logged: int = 0):
         self.mlc, self.run_id, self.results_csv = mlc, run_id, results_csv
         self.logged = already_logged
+        self.failed_at: float | None = None
 
     def __call__(self, trainer: Any = None) -> None:
-        self.flush()
+        if self.failed_at is not None and time.monotonic() - self.failed_at < self.RETRY_AFTER_S:
+            return
+        try:
+            self.flush()
+            self.failed_at = None
+        except Exception as e:  # a locked or unreachable store does not stop the training: later epochs catch up
+            problem = store_problem(self.mlc.tracking_uri, e)
+            if problem is None:
+                raise
+            self.failed_at = time.monotonic()
+            print(f"warning: epoch metrics not logged yet, {problem}; training goes on and logs them later",
+                  file=sys.stderr)
 
     def flush(self) -> int:
         for row in read_epochs(self.results_csv):

@@ -20,11 +20,15 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ import yaml
 
 from poseops import tracking
 from poseops.params import Params
+from poseops.processes import alive
 from poseops.settings import load_settings
 from poseops.skeleton import Skeleton, load_skeleton
 from poseops.weights import prepare_ultralytics, resolve_weights
@@ -312,24 +317,94 @@ def _fingerprint(params: Params, dataset: dict[str, Any], data_yaml_text: str) -
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _resumable(last: Path) -> bool:
+def _checkpoint_epochs(last: Path) -> int | None:
+    """How many epochs an unfinished last.pt holds, or None when it cannot be resumed (missing, damaged, finished)."""
     if not last.is_file():
-        return False
+        return None
     import torch
 
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    return ckpt.get("epoch", -1) >= 0 and ckpt.get("optimizer") is not None
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - a last.pt cut short by a kill while it was written
+        return None
+    if ckpt.get("epoch", -1) < 0 or ckpt.get("optimizer") is None:
+        return None
+    return int(ckpt["epoch"]) + 1
+
+
+def settle_dead_run(mlc, train_dir: Path) -> dict[str, Any]:
+    """Close the run of a training whose process died without saying so (SIGKILL, out of memory, power loss).
+
+    Its MLflow run still reads RUNNING: it is marked FAILED, tagged `poseops.interrupted` with
+    why, and the state file says `interrupted`. A training still alive on this machine is an error.
+    """
+    state = read_state(train_dir)
+    if state.get("status") != "running" or not state.get("run_id"):
+        return state
+    pid = state.get("pid")
+    if pid and pid != os.getpid() and state.get("host") == socket.gethostname() and alive(pid):
+        raise TrainingError(f"a training (pid {pid}) is still running in {train_dir}: wait for it to end, "
+                            f"or stop it (kill {pid}) and run again")
+    epochs = len(tracking.read_epochs(train_dir / "results.csv"))
+    if mlc.get_run(state["run_id"]).info.status == "RUNNING":
+        tracking.set_tags(mlc, state["run_id"], {
+            "poseops.interrupted": f"the training process (pid {pid}) ended after {epochs} epoch(s) without closing "
+                                   "this run: killed (SIGKILL, out of memory) or crashed; marked FAILED by the next "
+                                   f"training at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"})
+        tracking.end_run(mlc, state["run_id"], "FAILED")
+    state = {**state, "status": "interrupted"}
+    _write_state(train_dir, state)
+    return state
+
+
+def _resume_point(params: Params, state: dict[str, Any], fingerprint: str, last: Path) -> tuple[int | None, str]:
+    """The epochs the interrupted training completed when it can go on from last.pt, else None and why not."""
+    if state.get("status") != "interrupted" or not state.get("run_id"):
+        return None, "the last training there " + ("finished" if state.get("status") == "finished" else "is unknown")
+    if not params.train.resume:
+        return None, "train.resume is false in params.yaml"
+    if state.get("fingerprint") != fingerprint:
+        return None, "the training params or the dataset differ from the interrupted training's"
+    done = _checkpoint_epochs(last)
+    if done is None:
+        return None, f"{last} is missing or unreadable (killed while it was written?)"
+    return done, ""
+
+
+def interrupted_training(params: Params, root: Path = Path("."), layout: Layout = Layout(), mlc=None) -> dict[str, Any]:
+    """What `poseops train --resume` continues: the interrupted run and its epochs; an error saying why when none.
+
+    A dead training's run is marked FAILED on the way (see `settle_dead_run`).
+    """
+    lay = layout.under(root.resolve())
+    mlc = mlc or tracking.client()
+    state = settle_dead_run(mlc, lay.train)
+    if not state.get("run_id"):
+        raise TrainingError(f"nothing to resume in {lay.train}: no training ran there; run `poseops train` "
+                            "without --resume")
+    fingerprint = _fingerprint(params, read_dataset_info(lay), (lay.prepared / "data.yaml").read_text(encoding="utf-8"))
+    done, why = _resume_point(params, state, fingerprint, lay.train / "weights" / "last.pt")
+    if done is None:
+        raise TrainingError(f"nothing to resume in {lay.train}: {why}; run `poseops train` without --resume "
+                            "to train from the start")
+    return {"run_id": state["run_id"], "epochs_done": done, "last": str(lay.train / "weights" / "last.pt")}
 
 
 def train(params: Params, root: Path = Path("."), layout: Layout = Layout(), mlc=None,
           callbacks: Mapping[str, Callable[[Any], None]] | None = None) -> TrainResult:
-    """Train (or resume) and log it all to an MLflow run; the run id is kept in the train folder's state file."""
+    """Train (or resume) and log it all to an MLflow run; the run id is kept in the train folder's state file.
+
+    An interrupted training with the same params and dataset goes on from its last.pt in a new
+    run that names the interrupted one (`poseops.resumed_from_run`). A training that finished but
+    could not be logged (the store stayed locked) is logged without training again.
+    """
+    tracking.check_store(mlc.tracking_uri if mlc else None)  # before any training time is spent
+    mlc = mlc or tracking.client()
     configure_ultralytics()
     from ultralytics import YOLO
 
     root = root.resolve()
     lay = layout.under(root)
-    mlc = mlc or tracking.client()
     dataset = read_dataset_info(lay)
     prepared_yaml = lay.prepared / "data.yaml"
     if not prepared_yaml.is_file():
@@ -337,75 +412,137 @@ def train(params: Params, root: Path = Path("."), layout: Layout = Layout(), mlc
     fingerprint = _fingerprint(params, dataset, prepared_yaml.read_text(encoding="utf-8"))
     out = lay.train
     last = out / "weights" / "last.pt"
-    state = read_state(out)
-    resume = (params.train.resume and state.get("fingerprint") == fingerprint and state.get("status") != "finished"
-              and bool(state.get("run_id")) and _resumable(last))
+    state = settle_dead_run(mlc, out)
+    if state.get("status") == "trained" and state.get("fingerprint") == fingerprint and (out / "weights" / "best.pt").is_file():
+        tracking.reopen_run(mlc, state["run_id"])
+        return _log_trained(mlc, state["run_id"], out, lay, resumed=bool(state.get("resumed_from_run")))
+    done, _ = _resume_point(params, state, fingerprint, last)
 
-    if resume:
-        run_id = state["run_id"]
-        tracking.reopen_run(mlc, run_id)
-        tracking.set_tags(mlc, run_id, {"poseops.resumed_from": str(last)})
+    if done is not None:
+        previous = state["run_id"]
+        init_tags = {k: state.get(k) for k in InitWeights("", "").tags()}
+        resume_tags = {"poseops.resumed_from": str(last), "poseops.resumed_from_run": previous,
+                       "poseops.resumed_at_epoch": done + 1}
+        run_name = params.mlflow.run_name or f"{mlc.get_run(previous).info.run_name.removesuffix('-resumed')}-resumed"
+        run_id = _start_tracked_run(mlc, params, root, lay, dataset, run_name, {**init_tags, **resume_tags}, fingerprint)
+        tracking.set_tags(mlc, previous, {"poseops.resumed_by_run": run_id})
+        _drop_epochs_after(out / "results.csv", done)  # rows of an epoch whose last.pt was never written
         model = YOLO(str(last))
-        data_yaml = resolved_data_yaml(prepared_yaml, out / "data.yaml")
-        kwargs: dict[str, Any] = {"resume": str(last), "data": str(data_yaml)}
-        already = tracking.last_logged_step(mlc, run_id)
+        kwargs: dict[str, Any] = {"resume": str(last), "data": str(resolved_data_yaml(prepared_yaml, out / "data.yaml"))}
+        state = {**state, **init_tags, "resumed_from_run": previous}
     else:
-        if state.get("run_id") and state.get("status") != "finished":  # a run killed outright (no chance to say so)
-            tracking.end_run(mlc, state["run_id"], "KILLED")
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
         init = resolve_init_weights(params, mlc, load_settings().home / "cache" / "init")
         run_name = params.mlflow.run_name or (f"{params.dataset.name}-{Path(init.path).stem}-"
                                               f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
-        git = tracking.git_info(root)
-        source = {**(dataset.get("manifest") or {}), **(dataset.get("pull") or {})}
-        tags = {
-            **git, "mlflow.source.git.commit": git["git_commit"] if git["git_commit"] != "none" else None,
-            "poseops.dataset": params.dataset.name, "poseops.dataset_dvc_hash": dataset["dvc_hash"],
-            "poseops.label_studio_project": source.get("label_studio_project_id"),
-            "poseops.label_studio_snapshot": source.get("export_snapshot_id"),
-            "poseops.model": params.train.model, **init.tags(), "poseops.fingerprint": fingerprint,
-        }
-        run_id = tracking.start_run(mlc, params.mlflow.experiment, run_name, {k: str(v) for k, v in tags.items() if v})
-        _write_state(out, {"run_id": run_id, "fingerprint": fingerprint, "status": "running", **init.tags()})
-        tracking.log_params(mlc, run_id, params.flat())
-        tracking.log_dataset(mlc, run_id, params.dataset.name, dataset["dvc_hash"], str(params.dataset.dir))
-        tracking.log_artifacts(mlc, run_id, [lay.prepared / "dataset.json", prepared_yaml, root / params.skeleton],
-                               artifact_path="dataset")
+        run_id = _start_tracked_run(mlc, params, root, lay, dataset, run_name, init.tags(), fingerprint)
         model = YOLO(init.path)
         data_yaml = resolved_data_yaml(prepared_yaml, out / "data.yaml")
         kwargs = {**ultralytics_train_args(params), "data": str(data_yaml), "project": str(out.parent),
                   "name": out.name, "exist_ok": True}
-        already = 0
-    _write_state(out, {**read_state(out), "run_id": run_id, "fingerprint": fingerprint, "status": "running"})
+        state = init.tags()
+    _write_state(out, {**state, "run_id": run_id, "fingerprint": fingerprint, "status": "running", "pid": os.getpid(),
+                       "host": socket.gethostname()})
 
-    logger = tracking.EpochLogger(mlc, run_id, out / "results.csv", already_logged=already)
+    logger = tracking.EpochLogger(mlc, run_id, out / "results.csv")
+    logger.flush()  # a resumed run carries the interrupted training's epochs too
     model.add_callback("on_fit_epoch_end", logger)
     for event, fn in (callbacks or {}).items():
         model.add_callback(event, fn)
     try:
-        model.train(**kwargs)
+        with _signals_interrupt():
+            model.train(**kwargs)
     except BaseException as e:
+        _write_state(out, {**read_state(out), "status": "interrupted"})
+        epochs = len(tracking.read_epochs(out / "results.csv"))
+        tags = {"poseops.error": f"{type(e).__name__}: {e}"[:500]}
+        if isinstance(e, KeyboardInterrupt):
+            tags["poseops.interrupted"] = (f"{e or 'interrupted (Ctrl-C)'} after {epochs} epoch(s); "
+                                           "`poseops train --resume` goes on from last.pt")
         try:
             logger.flush()
-            tracking.set_tags(mlc, run_id, {"poseops.error": f"{type(e).__name__}: {e}"[:500]})
+            tracking.set_tags(mlc, run_id, tags)
         finally:
-            _write_state(out, {**read_state(out), "status": "interrupted"})
             tracking.end_run(mlc, run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
-    logger.flush()
+    _write_state(out, {**read_state(out), "status": "trained"})  # weights complete: never trained again
+    return _log_trained(mlc, run_id, out, lay, resumed=done is not None)
 
-    rows = tracking.read_epochs(out / "results.csv")
-    tracking.write_epochs_csv(rows, lay.epochs_csv)
-    weights = out / "weights"
-    tracking.log_artifacts(mlc, run_id, [weights / "best.pt", weights / "last.pt"], artifact_path="weights")
-    tracking.log_artifacts(mlc, run_id, [out / "results.csv", out / "args.yaml", lay.epochs_csv], artifact_path="train")
-    tracking.log_artifacts(mlc, run_id, sorted(p for p in out.iterdir() if p.suffix in {".png", ".jpg"}),
-                           artifact_path="plots/train")
-    _write_state(out, {**read_state(out), "status": "finished", "epochs": len(rows)})
-    tracking.end_run(mlc, run_id)
-    return TrainResult(run_id=run_id, resumed=resume, epochs=rows, best=weights / "best.pt")
+
+def _start_tracked_run(mlc, params: Params, root: Path, lay: Layout, dataset: dict[str, Any], run_name: str,
+                       extra_tags: Mapping[str, Any], fingerprint: str) -> str:
+    """A new MLflow run with the lineage tags, the params, the dataset as input and the dataset files."""
+    git = tracking.git_info(root)
+    source = {**(dataset.get("manifest") or {}), **(dataset.get("pull") or {})}
+    tags = {
+        **git, "mlflow.source.git.commit": git["git_commit"] if git["git_commit"] != "none" else None,
+        "poseops.dataset": params.dataset.name, "poseops.dataset_dvc_hash": dataset["dvc_hash"],
+        "poseops.label_studio_project": source.get("label_studio_project_id"),
+        "poseops.label_studio_snapshot": source.get("export_snapshot_id"),
+        "poseops.model": params.train.model, **extra_tags, "poseops.fingerprint": fingerprint,
+    }
+    run_id = tracking.start_run(mlc, params.mlflow.experiment, run_name, {k: str(v) for k, v in tags.items() if v})
+    tracking.log_params(mlc, run_id, params.flat())
+    tracking.log_dataset(mlc, run_id, params.dataset.name, dataset["dvc_hash"], str(params.dataset.dir))
+    tracking.log_artifacts(mlc, run_id, [lay.prepared / "dataset.json", lay.prepared / "data.yaml",
+                                         root / params.skeleton], artifact_path="dataset")
+    return run_id
+
+
+def _log_trained(mlc, run_id: str, out: Path, lay: Layout, resumed: bool) -> TrainResult:
+    """Log a finished training's epochs, weights and plots, and end its run.
+
+    When the store stays locked, the weights stay in the train folder and the error says that
+    running again logs them without training again.
+    """
+    try:
+        tracking.EpochLogger(mlc, run_id, out / "results.csv", already_logged=tracking.last_logged_step(mlc, run_id)).flush()
+        rows = tracking.read_epochs(out / "results.csv")
+        tracking.write_epochs_csv(rows, lay.epochs_csv)
+        weights = out / "weights"
+        tracking.log_artifacts(mlc, run_id, [weights / "best.pt", weights / "last.pt"], artifact_path="weights")
+        tracking.log_artifacts(mlc, run_id, [out / "results.csv", out / "args.yaml", lay.epochs_csv], artifact_path="train")
+        tracking.log_artifacts(mlc, run_id, sorted(p for p in out.iterdir() if p.suffix in {".png", ".jpg"}),
+                               artifact_path="plots/train")
+        _write_state(out, {**read_state(out), "status": "finished", "epochs": len(rows)})
+        tracking.end_run(mlc, run_id)
+    except Exception as e:
+        problem = tracking.store_problem(mlc.tracking_uri, e)
+        if problem is None:
+            raise
+        raise tracking.TrackingError(f"the training finished and its weights are kept in {out / 'weights'}, but "
+                                     f"logging it failed: {problem}. Then run the same command again: it logs this "
+                                     "training without training again") from None
+    return TrainResult(run_id=run_id, resumed=resumed, epochs=rows, best=weights / "best.pt")
+
+
+def _drop_epochs_after(results_csv: Path, epochs: int) -> None:
+    """Keep results.csv's rows up to `epochs`, the epochs that last.pt holds (a kill can fall in between)."""
+    if not results_csv.is_file():
+        return
+    header, *rows = results_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [row for row in rows if row.strip() and int(float(row.split(",")[0])) <= epochs]
+    results_csv.write_text("".join([header, *kept]), encoding="utf-8")
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGTERM (and SIGHUP) interrupt training like Ctrl-C does, so that the run ends as KILLED at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 # --- evaluate -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from poseops import pull as steps
 from poseops.datasets import load_record, project_of
-from poseops.labelstudio import LabelStudioClient
+from poseops.labelstudio import LabelStudioClient, LabelStudioError
 from poseops.settings import load_settings
 
 NETWORK_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
@@ -69,9 +69,14 @@ def pull_labels(dataset: str = "demo-people", params_file: str = "params.yaml", 
     """Export the project's labels, check they are ready, convert them, and version the dataset with DVC."""
     options = load_options(Path(params_file), allow_unlabeled=allow_unlabeled, version=version, commit=commit)
     with steps.dataset_lock(options.data_root, dataset):
-        snapshot = export_labels(dataset)
-        ready = check_ready(snapshot, options, dataset)
-        images, downloaded = fetch_images(ready.labeled, options.workers)
+        try:
+            snapshot = export_labels(dataset)
+            ready = check_ready(snapshot, options, dataset)
+            images, downloaded = fetch_images(ready.labeled, options.workers)
+        except LabelStudioError as e:
+            raise LabelStudioError(f"{e}\nThe pull of {dataset!r} stopped (tried {NETWORK_RETRIES['retries'] + 1} "
+                                   f"times); {options.data_root / dataset} is unchanged. Pull again once that is "
+                                   "fixed: the images already downloaded stay cached.") from None
         result = build_dataset(dataset, options, snapshot, ready, images)
     summary = {**result.record, "dataset_dir": str(result.dataset_dir), "downloaded_images": downloaded,
                "dvc_md5": result.dvc_md5, "pushed": result.pushed,

@@ -265,13 +265,13 @@ def test_unknown_labels_are_reported():
 
 def test_out_of_range_values():
     results = [box("inside", 0, 0, 50, 50), box("over", 80, 80, 30, 30), box("gone", 101, 0, 5, 5),
-               kp("k_out", "top", 10, 100.5, "inside"), kp("k_edge", "bottom", 100 + 5e-5, -5e-5, "over")]
+               kp("k_out", "top", 10, 100.5, "inside"), kp("k_edge", "bottom", 100 + 5e-5, 100 + 5e-5, "over")]
     poses, problems = results_to_poses(TINY, results, task_id=5)
     assert [(p.kind, p.region_id, p.dropped) for p in problems] == [
         ("out_of_range", "over", "nothing"), ("out_of_range", "gone", "object"), ("out_of_range", "k_out", "keypoint")]
     assert len(poses) == 2
     assert poses[1].box == pytest.approx((0.8, 0.8, 0.2, 0.2))  # clipped to the image
-    assert poses[1].keypoints[1] == (pytest.approx(1.0000005), pytest.approx(-5e-7), 2)  # rounding noise: kept as is
+    assert poses[1].keypoints[1] == (pytest.approx(1.0000005), pytest.approx(1.0000005), 2)  # rounding noise: kept
     assert poses[0].keypoints == ((0.0, 0.0, 0), (0.0, 0.0, 0))
 
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import yaml
 
@@ -41,6 +42,10 @@ SPLITS: tuple[Split, Split] = ("train", "val")
 # 1e-4 percent is 1e-6 of the image, the precision the round trip promises; Ultralytics
 # itself accepts coordinates up to 1% outside the image.
 BORDER_TOLERANCE = 1e-4
+# A keypoint attached to its box may lie outside it (an outstretched hand; 5% of COCO's
+# keypoints do, up to half the box's size away). Farther than this many box widths or
+# heights, it is more likely attached to the wrong box: kept, and reported.
+FAR_OUTSIDE_BOX = 1.0
 DECIMALS = 8  # decimals written to the label files: the round trip stays exact to well under 1e-6
 _BOX_FORMAT = f"%d %.{DECIMALS}f %.{DECIMALS}f %.{DECIMALS}f %.{DECIMALS}f"
 _KEYPOINT_FORMAT = f"%.{DECIMALS}f %.{DECIMALS}f %d"
@@ -58,7 +63,8 @@ DROPPED_TASK = "task"  # the whole task (its image is not in the dataset)
 DROPPED_OBJECT = "object"  # a box and its keypoints (the task is then left out: see convert_export)
 DROPPED_KEYPOINT = "keypoint"  # one keypoint (written as missing, 0 0 0)
 DROPPED_REGION = "region"  # a region that is not part of a pose (ignored)
-DROPPED_NOTHING = "nothing"  # kept, but changed (a box clipped to the image)
+DROPPED_NOTHING = "nothing"  # kept, but changed (a box clipped to the image) or doubtful
+KEYPOINT_FAR_OUTSIDE_BOX = "far_outside_box"
 
 
 class ExportError(ValueError):
@@ -260,7 +266,8 @@ def _convert_results(v: _Vocab, results: Any, task_id: Any) -> tuple[list[Pose],
             kind, why, label = bad
             rid = r.get("id")
             problems.append(Problem(task_id, kind, f"keypoint {rid!r} ({label or 'no label'}) {why}", label=label,
-                                    region_id=rid, dropped=DROPPED_KEYPOINT))
+                                    region_id=rid,
+                                    dropped=DROPPED_NOTHING if kind == KEYPOINT_FAR_OUTSIDE_BOX else DROPPED_KEYPOINT))
 
     for rid in occluded:
         if rid not in keypoint_ids:
@@ -384,6 +391,10 @@ def _keypoint(v: _Vocab, r: dict, boxes: dict[Any, _Box], dropped: set, occluded
     if box.kps[index] is not None:
         return "duplicate_keypoint", f"is the second {label!r} on box {box.id!r}; the first one is kept", label
     box.kps[index] = (x, y, 1 if rid in occluded else 2)
+    away = max(box.x - x, x - box.x - box.w, 0.0) / box.w, max(box.y - y, y - box.y - box.h, 0.0) / box.h
+    if max(away) > FAR_OUTSIDE_BOX:
+        return (KEYPOINT_FAR_OUTSIDE_BOX, f"lies {max(away):.1f} box sizes outside its box {box.id!r}; kept as "
+                "labeled: check in Label Studio that it is attached to the right box", label)
     return None
 
 
@@ -473,13 +484,28 @@ def load_export(path: str | Path) -> list[dict]:
         raise ExportError(f"{path}: not UTF-8 text ({e}); is it a ZIP or image export? Export as JSON") from None
     if isinstance(tasks, dict) and "id" in tasks and "data" in tasks:
         tasks = [tasks]  # the export of a single task
+    return check_tasks(tasks, str(path))
+
+
+def check_tasks(tasks: Any, where: str) -> list[dict]:
+    """`tasks` if it is a list of Label Studio tasks (each a dict with an int or text id and its
+    annotations), else an ExportError naming the first bad item. The regions are checked later, one by one."""
     if not isinstance(tasks, list):
-        raise ExportError(f"{path}: expected a JSON list of tasks (Label Studio's 'JSON' export), found a "
+        raise ExportError(f"{where}: expected a JSON list of tasks (Label Studio's 'JSON' export), found a "
                           f"{type(tasks).__name__}")
+    first_item: dict[Any, int] = {}
     for i, task in enumerate(tasks):
         if not isinstance(task, dict) or "id" not in task or not ("annotations" in task or "completions" in task):
-            raise ExportError(f"{path}: item #{i} is not a task with 'id' and 'annotations'; is this a JSON-MIN, CSV "
+            raise ExportError(f"{where}: item #{i} is not a task with 'id' and 'annotations'; is this a JSON-MIN, CSV "
                               "or COCO export? Export the project as 'JSON', which keeps region ids and parentID")
+        task_id = task["id"]
+        if type(task_id) not in _ID_TYPES:
+            raise ExportError(f"{where}: item #{i} has the id {task_id!r}, not a number or text; the file is not a "
+                              "Label Studio export as it was written: export the project as 'JSON' again")
+        if task_id in first_item:  # its image and labels could not be told apart from the other's
+            raise ExportError(f"{where}: items #{first_item[task_id]} and #{i} are both task {task_id!r}; are two "
+                              "exports joined? Export the project as 'JSON' again, one project per file")
+        first_item[task_id] = i
     return tasks
 
 
@@ -605,6 +631,7 @@ class _DatasetWriter:
         self.val_fraction, self.link, self.report = val_fraction, link, report
         self.per_label: Counter[str] = Counter()
         self.seen_names: dict[str, Any] = {}
+        self.seen_ids: set[Any] = set()
 
     def skip(self, tid: Any, kind: str, message: str, first: Problem | None = None) -> None:
         self.report.skipped_tasks.append(Problem(tid, kind, message, label=first.label if first else None,
@@ -617,6 +644,10 @@ class _DatasetWriter:
             self.skip(None, "bad_task", f"item #{n} of the export is not a task with an 'id'")
             return
         tid = task["id"]
+        if tid in self.seen_ids:
+            self.skip(tid, "duplicate_task", "an earlier task of the export has the same id; only the first is used")
+            return
+        self.seen_ids.add(tid)
         annotation, why = choose_annotation(task)
         if annotation is None:
             report.skipped_tasks.append(why)  # type: ignore[arg-type]
@@ -704,10 +735,11 @@ def match_images(tasks: Iterable[dict], images_dir: str | Path) -> tuple[dict[An
         names = []
         for value in (data.get("source"), data.get("image")):
             if isinstance(value, str) and value:
-                base = value.replace("\\", "/").rsplit("/", 1)[-1].split("?", 1)[0]
-                names += [base, _UPLOAD_PREFIX.sub("", base)]
+                for text in dict.fromkeys((value, unquote(value))):  # Label Studio URL-encodes upload names
+                    base = text.replace("\\", "/").rsplit("/", 1)[-1].split("?", 1)[0]
+                    names += [base, _UPLOAD_PREFIX.sub("", base)]
         for name in names:
-            if name in ("", ".", ".."):
+            if name in ("", ".", "..") or "\x00" in name:
                 continue
             candidate = root / name
             if candidate.is_file() and candidate.resolve().parent == root:

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote
+
+import httpx
 
 from poseops.labelstudio import LabelStudioClient, LabelStudioError
 from poseops.settings import Settings
@@ -38,6 +42,10 @@ class NotReady(RuntimeError):
 
 class PullError(RuntimeError):
     pass
+
+
+class DvcPushError(PullError):
+    """The dataset was built and recorded locally, but the DVC remote did not take it."""
 
 
 @dataclass(frozen=True)
@@ -121,12 +129,14 @@ def export_snapshot(client: LabelStudioClient, project_id: int, timeout: float =
             f"exporting project {project_id} from Label Studio at {client.url} failed ({type(e).__name__}: "
             f"{str(e)[:300]}). Is it running? `poseops labelstudio status`"
         ) from None
+    from poseops.convert import ExportError, check_tasks
+
     try:
-        tasks = json.loads(raw)
+        tasks = check_tasks(json.loads(raw), f"export snapshot {export.id} of project {project_id}")
     except json.JSONDecodeError as e:
         raise LabelStudioError(f"export snapshot {export.id} is not JSON ({e})") from None
-    if not isinstance(tasks, list):
-        raise LabelStudioError(f"export snapshot {export.id} is not a list of tasks")
+    except ExportError as e:
+        raise LabelStudioError(str(e)) from None
     return Snapshot(project_id, export.id, tasks)
 
 
@@ -154,6 +164,13 @@ def check_ready(tasks: list[dict], options: PullOptions, dataset: str) -> Readin
             skipped.append(task["id"])
         else:
             unlabeled.append(task["id"])
+    unfetchable = [(task["id"], why) for task in labeled if (why := image_url_problem(task)) is not None]
+    if unfetchable:
+        listed = "; ".join(f"task {task_id}: {why}" for task_id, why in unfetchable[:20])
+        raise NotReady(f"{len(unfetchable)} labeled task(s) of {dataset!r} have no image poseops can download "
+                       f"({listed}{' ...' if len(unfetchable) > 20 else ''}). Images are fetched over HTTP from Label "
+                       "Studio: fix or delete those tasks there (`poseops dataset upload` imports images the right "
+                       "way), then pull again.")
     warnings: list[str] = []
     if unlabeled:
         ids = ", ".join(map(str, unlabeled[:50])) + (" ..." if len(unlabeled) > 50 else "")
@@ -174,6 +191,28 @@ def check_ready(tasks: list[dict], options: PullOptions, dataset: str) -> Readin
 # --- images ---------------------------------------------------------------------------------
 
 
+def image_url_problem(task: dict) -> str | None:
+    """Why the task's `data.image` is no URL to download its image from (None when it is one).
+
+    Label Studio serves uploads and local files under its own URL (`/data/...`); other
+    http(s) URLs are fetched as they are. Anything else (a file path, `file://`, `s3://`
+    without presigning) is refused, never read from this machine.
+    """
+    data = task.get("data")
+    url = data.get("image") if isinstance(data, dict) else None
+    if not isinstance(url, str) or not url:
+        keys = ", ".join(map(str, data)) if isinstance(data, dict) else "none"
+        return f"no image URL in data.image (its data keys: {keys})"
+    if any(ord(c) < 32 for c in url):
+        return f"its image URL {url[:200]!r} holds control characters"
+    if not url.startswith(("/", "http://", "https://")) or url.startswith("//"):
+        return f"its image URL {url[:200]!r} is neither a path on Label Studio (/data/...) nor an http(s) URL"
+    path = unquote(url.split("?", 1)[0]).replace("\\", "/")
+    if ".." in path.split("/"):
+        return f"its image URL {url[:200]!r} climbs out of its folder ('..'); Label Studio never writes such URLs"
+    return None
+
+
 class ImageCache:
     """Images by content hash under `<home>/cache/images` (`<sha256>.<type>`), with the URL each came from."""
 
@@ -187,9 +226,11 @@ class ImageCache:
         return next(iter((self.root / sha256[:2]).glob(f"{sha256}.*")), None)
 
     def lookup(self, task: dict) -> Path | None:
-        data = task.get("data") or {}
+        data = task.get("data")
+        data = data if isinstance(data, dict) else {}
         sha = data.get("sha256") or self.urls.get(str(data.get("image")))
-        return self._find(sha) if isinstance(sha, str) and len(sha) == 64 else None
+        # only a real hash: a task's text never becomes a path (it could lead out of the cache)
+        return self._find(sha) if isinstance(sha, str) and SHA256_HEX.fullmatch(sha) else None
 
     def store(self, url: str, content: bytes) -> Path:
         sha = hashlib.sha256(content).hexdigest()
@@ -209,6 +250,7 @@ class ImageCache:
         tmp.replace(self.index_path)
 
 
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _PIL_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "MPO": ".jpg"}
 
 
@@ -244,17 +286,25 @@ def fetch_images(
             missing.append(task)
 
     def download(task: dict) -> tuple[int, Path]:
-        url = (task.get("data") or {}).get("image")
-        if not isinstance(url, str) or not url:
-            raise PullError(f"task {task['id']} has no image URL in data.image")
-        return task["id"], cache.store(url, client.download(url))
+        problem = image_url_problem(task)
+        if problem is not None:
+            raise PullError(f"task {task['id']}: {problem}")
+        url = task["data"]["image"]
+        try:
+            content = client.download(url)
+        except (LabelStudioError, httpx.HTTPError) as e:
+            raise LabelStudioError(f"downloading the image of task {task['id']} ({url[:200]}) failed: {e}") from None
+        return task["id"], cache.store(url, content)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for task_id, path in pool.map(download, missing):
             paths[task_id] = path
             if on_progress:
                 on_progress(1)
-    cache.save_index()
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a failure, the downloads not yet started never start
+        cache.save_index()  # what did arrive stays cached for the next pull
     return paths, len(missing)
 
 
@@ -322,7 +372,8 @@ def swap_into_place(new_dir: Path, target: Path) -> None:
 def _run(cmd: list[str], cwd: Path, what: str) -> str:
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if r.returncode != 0:
-        raise PullError(f"{what} failed: {(r.stderr or r.stdout).strip()[-1500:]}")
+        lines = [line for line in (r.stderr or r.stdout).splitlines() if line.strip() and "dvc.org/support" not in line]
+        raise PullError(f"{what} failed: {chr(10).join(lines)[-1500:]}")
     return r.stdout
 
 
@@ -348,6 +399,15 @@ def ensure_dvc(root: Path, settings: Settings) -> None:
         dvc(["remote", "add", "-d", "local", str(remote)], root, "dvc remote add")
 
 
+def default_remote(root: Path) -> str:
+    """`'name' (url)` of the DVC remote `dvc push` uses, for messages."""
+    try:
+        name = dvc(["remote", "default"], root, "dvc remote default").strip()
+        return f"{name!r} ({dvc(['config', f'remote.{name}.url'], root, 'dvc config').strip()})"
+    except PullError:
+        return "(see `dvc remote list`)"
+
+
 def dvc_md5(dvc_file: Path) -> str:
     import yaml
 
@@ -361,7 +421,8 @@ def version_dataset(
     """`dvc add` + `dvc push` the dataset and commit its .dvc file and pull record.
 
     The pull record is rewritten only when the data changed, so it always describes the
-    version it sits beside. Returns (DVC hash, pushed, git commit).
+    version it sits beside. Returns (DVC hash, pushed, git commit). When the remote does not
+    take the data, the version is still recorded and committed locally, then DvcPushError says so.
     """
     root = repo_root(dataset_dir.parent)
     ensure_dvc(root, settings)
@@ -373,11 +434,11 @@ def version_dataset(
     record_path = pull_record_path(dataset_dir)
     if md5 != before or not record_path.is_file():
         record_path.write_text(json.dumps({**record, "dvc_md5": md5}, indent=2) + "\n")
+    push_failure = None
     try:
-        dvc(["push", "-q", str(dvc_file.relative_to(root))], root, "dvc push")
-        pushed = True
-    except PullError:
-        pushed = False  # the version is in the local cache; `dvc push` later completes it
+        dvc(["push", str(dvc_file.relative_to(root))], root, "dvc push")  # not -q: that hides its error
+    except PullError as e:
+        push_failure = str(e)  # the version is in the local DVC cache: committed below, pushed later
     git_commit = None
     if commit:
         paths = [str(dvc_file.relative_to(root)), str(record_path.resolve().relative_to(root)),
@@ -388,7 +449,16 @@ def version_dataset(
         if staged.returncode != 0:
             _run(["git", "commit", "-q", "-m", message, "--", *paths], root, "git commit")
         git_commit = _run(["git", "rev-parse", "HEAD"], root, "git rev-parse").strip()
-    return md5, pushed, git_commit
+    if push_failure is not None:
+        dvc_rel = dvc_file.relative_to(root)
+        kept = f"committed to git ({git_commit[:12]})" if git_commit else "not committed to git (--no-commit)"
+        raise DvcPushError(
+            f"{rel} was built and recorded with DVC locally (version {md5}, {kept}), but the DVC remote "
+            f"{default_remote(root)} did not take it: {push_failure[-600:]}\nThe dataset is usable on this machine; "
+            f"nobody else can fetch it yet. Make the remote reachable, then run `dvc push {dvc_rel}` in {root} "
+            "(or pull again: it pushes the same version)."
+        )
+    return md5, True, git_commit
 
 
 # --- the whole pull ----------------------------------------------------------------------------------
@@ -424,13 +494,17 @@ def build_dataset(
         shutil.rmtree(tmp)
     try:
         report = convert_export(ready.labeled, skeleton, images, tmp, split)
+        if not report.images["train"] or not report.images["val"]:
+            raise NotReady(f"after leaving out {len(report.skipped_tasks)} task(s) the converter could not use, "
+                           f"{report.images['train']} training and {report.images['val']} validation images are "
+                           f"left; both need images: fix those tasks ({conversion_summary(report.skipped_tasks)})")
         relocate_data_yaml(tmp / "data.yaml", target)
         manifest = {  # content only: an unchanged project gives an identical dataset (and DVC hash)
             "dataset": name,
             "label_studio_project_id": snapshot.project_id,
             "labeled_tasks": len(ready.labeled),
-            "train_images": len(split) - n_val,
-            "val_images": n_val,
+            "train_images": report.images["train"],
+            "val_images": report.images["val"],
             "conversion": report_dict(report),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -439,6 +513,12 @@ def build_dataset(
         raise
     swap_into_place(tmp, target)
     result = PullResult(target, manifest, warnings=list(ready.warnings))
+    if report.skipped_tasks:
+        result.warnings.append(f"{len(report.skipped_tasks)} labeled task(s) left out of the dataset: "
+                               f"{conversion_summary(report.skipped_tasks)}; see {target / 'manifest.json'}")
+    if report.problems:
+        result.warnings.append(f"{len(report.problems)} region(s) changed, doubtful or left out: "
+                               f"{conversion_summary(report.problems)}; see {target / 'manifest.json'}")
     record = {
         "dataset": name,
         "label_studio_url": label_studio_url,
@@ -454,13 +534,17 @@ def build_dataset(
         message = f"pull {name}: Label Studio snapshot {snapshot.export_id}, {len(ready.labeled)} labeled images"
         result.dvc_md5, result.pushed, result.git_commit = version_dataset(
             target, settings, message, record, options.commit)
-        say(f"DVC version {result.dvc_md5} ({'pushed' if result.pushed else 'NOT pushed: run `dvc push` later'})")
-        if not result.pushed:
-            result.warnings.append("the DVC remote did not take the dataset; run `dvc push` when it is reachable")
+        say(f"DVC version {result.dvc_md5}, pushed")
     else:
         pull_record_path(target).write_text(json.dumps(record, indent=2) + "\n")
     result.record = json.loads(pull_record_path(target).read_text())
     return result
+
+
+def conversion_summary(problems: list, shown: int = 10) -> str:
+    """`task 12: unknown_label, task 15: no_image, ...` for a warning line."""
+    listed = ", ".join(f"task {p.task_id}: {p.kind}" for p in problems[:shown])
+    return listed + (f" and {len(problems) - shown} more" if len(problems) > shown else "")
 
 
 def pull_record_path(dataset_dir: Path) -> Path:

@@ -177,27 +177,51 @@ def test_playground_and_docs_pages(detect_service: RunningService):
 # --- OCR ------------------------------------------------------------------------------
 
 
-def test_ocr_small_reads_text_in_person_crops(detect_service: RunningService):
-    image = Image.open(IMAGES[4]).convert("RGB")  # 000000000110.jpg: a person at the left, x 0-253, y 128-416
+CARD = (40, 330, 230, 380)  # left, top, right, bottom of the card drawn across the person in 000000000110.jpg
+
+
+def person_holding(word: str) -> bytes:
+    """000000000110.jpg (a person at the left, x 0-253, y 128-416) with `word` on a white card across the person."""
+    image = Image.open(IMAGES[4]).convert("RGB")
     draw = ImageDraw.Draw(image)
-    draw.rectangle((40, 330, 230, 380), fill="white")
-    draw.text((50, 335), "HELLO", fill="black", font=ImageFont.truetype(BOLD_FONT, 36))
+    draw.rectangle(CARD, fill="white")
+    draw.text((50, 335), word, fill="black", font=ImageFont.truetype(BOLD_FONT, 36))
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=95)
-    r = post(detect_service, buf.getvalue(), ocr_model="small", ocr_classes="person", ocr_language="eng")
+    return buf.getvalue()
+
+
+def read_on_the_card(detections: list[dict]) -> list[str]:
+    """The texts read in the detections whose box holds the whole card."""
+    left, top, right, bottom = CARD
+    return [d["text"] for d in detections if d["x"] <= left and d["x"] + d["width"] >= right and d["y"] <= top and d["y"] + d["height"] >= bottom]
+
+
+def test_ocr_small_reads_text_in_person_crops(detect_service: RunningService):
+    image = person_holding("HELLO")
+    r = post(detect_service, image, ocr_model="small", ocr_classes="person", ocr_language="eng")
     assert r.status_code == 200, r.text
     detections = r.json()
     assert detections and all("text" in d for d in detections)
-    holder = [d for d in detections if d["x"] <= 40 and d["x"] + d["width"] >= 230 and d["y"] <= 330 and d["y"] + d["height"] >= 380]
-    assert any("HELLO" in d["text"] for d in holder), detections
-    plain = post(detect_service, buf.getvalue())
+    assert any("HELLO" in text for text in read_on_the_card(detections)), detections
+    plain = post(detect_service, image)
     assert all("text" not in d for d in plain.json())
 
 
-def test_ocr_medium_and_large_say_what_is_installed(detect_service: RunningService):
-    for model in ("medium", "large"):
-        r = post(detect_service, IMAGES[0].read_bytes(), ocr_model=model, ocr_classes="person")
-        assert_error(r, 400, "ocr_model_not_installed", model, "small: Tesseract")
+@pytest.mark.parametrize(("model", "word", "language"), [("medium", "HELLO", "eng"), ("large", "Straße", "deu")])
+def test_ocr_medium_and_large_read_text_in_person_crops(detect_service: RunningService, model: str, word: str, language: str):
+    r = post(detect_service, person_holding(word), ocr_model=model, ocr_classes="person", ocr_language=language)
+    assert r.status_code == 200, r.text
+    detections = r.json()
+    assert detections and all("text" in d for d in detections)
+    assert any(word in text for text in read_on_the_card(detections)), detections
+    described = httpx.get(detect_service.url + "/metadata").json()["api"]["ocr_models"]
+    assert set(described) == {"small", "medium", "large"} and "PP-OCR" in described[model], described
+
+
+def test_ocr_language_a_model_does_not_read_is_400(detect_service: RunningService):
+    r = post(detect_service, IMAGES[0].read_bytes(), ocr_model="medium", ocr_classes="person", ocr_language="deu")
+    assert_error(r, 400, "unknown_ocr_language", "'deu'", "medium OCR model", "chi_sim, eng")
     assert_still_serving(detect_service)
 
 

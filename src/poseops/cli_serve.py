@@ -95,7 +95,7 @@ def detect(
     iou_thres: IouOpt = 0.45,
     ocr_model: Annotated[str | None, typer.Option(help="small | medium | large")] = None,
     ocr_classes: Annotated[str | None, typer.Option(help="comma-separated classes whose crops to read")] = None,
-    ocr_language: Annotated[str | None, typer.Option(help="Tesseract language code, e.g. deu")] = None,
+    ocr_language: Annotated[str | None, typer.Option(help="language code (Tesseract-style), e.g. deu; /metadata lists each model's")] = None,
     timeout: Annotated[float, typer.Option(help="seconds per request")] = 60.0,
     retries: Annotated[int, typer.Option(help="retries per URL on connection errors and 5xx")] = 3,
 ) -> None:

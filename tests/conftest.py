@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 from pathlib import Path
 
@@ -20,6 +21,14 @@ PERSON_SPEC = ROOT / "label_config" / "skeletons" / "person.yaml"
 
 quiet_telemetry()
 os.environ.setdefault("YOLO_OFFLINE", "true")
+
+
+def _stop_on_sigterm(signum, frame):
+    """A terminated test run (e.g. by `timeout`) stops like Ctrl-C, so fixtures still stop the servers they started."""
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _stop_on_sigterm)
 if (SHARED / "weights").is_dir():
     os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(SHARED / "weights"))
 

@@ -19,10 +19,16 @@ from prefect.artifacts import create_markdown_artifact
 
 from poseops import pull as steps
 from poseops.datasets import load_record, project_of
-from poseops.labelstudio import LabelStudioClient, LabelStudioError
+from poseops.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioRefused
 from poseops.settings import load_settings
 
-NETWORK_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
+
+def worth_retrying(task, task_run, state) -> bool:
+    """Retry what may pass on a second try (Label Studio down or failing); not a refusal or bad data."""
+    return not isinstance(state.data, LabelStudioRefused | steps.PullError | steps.NotReady)
+
+
+NETWORK_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15], "retry_condition_fn": worth_retrying}
 
 
 @task(**NETWORK_RETRIES)
@@ -74,9 +80,9 @@ def pull_labels(dataset: str = "demo-people", params_file: str = "params.yaml", 
             ready = check_ready(snapshot, options, dataset)
             images, downloaded = fetch_images(ready.labeled, options.workers)
         except LabelStudioError as e:
-            raise LabelStudioError(f"{e}\nThe pull of {dataset!r} stopped (tried {NETWORK_RETRIES['retries'] + 1} "
-                                   f"times); {options.data_root / dataset} is unchanged. Pull again once that is "
-                                   "fixed: the images already downloaded stay cached.") from None
+            tried = "" if isinstance(e, LabelStudioRefused) else f" (tried {NETWORK_RETRIES['retries'] + 1} times)"
+            raise type(e)(f"{e}\nThe pull of {dataset!r} stopped{tried}; {options.data_root / dataset} is unchanged. "
+                          "Pull again once that is fixed: the images already downloaded stay cached.") from None
         result = build_dataset(dataset, options, snapshot, ready, images)
     summary = {**result.record, "dataset_dir": str(result.dataset_dir), "downloaded_images": downloaded,
                "dvc_md5": result.dvc_md5, "pushed": result.pushed,

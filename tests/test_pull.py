@@ -17,7 +17,7 @@ from conftest import PERSON_SPEC, SHARED_DATASETS, free_port
 
 from poseops.coco import parse_yolo_pose_labels, read_coco_keypoints, read_yolo_pose
 from poseops.datasets import create_dataset, upload_images
-from poseops.labelstudio import LabelStudioClient, LabelStudioError
+from poseops.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioRefused
 from poseops.pull import NotReady, PullError, dataset_lock
 from poseops.regions import poses_to_results
 from poseops.skeleton import load_skeleton
@@ -227,6 +227,15 @@ def test_label_studio_down_fails_clearly_and_keeps_the_dataset(prefect_api, work
     with pytest.raises(LabelStudioError, match="does not answer"):
         run_pull(name)
     assert tree_digest(workspace / "data" / name) == before
+
+
+def test_a_refused_token_fails_at_once_without_retries(prefect_api, workspace, coco_project, monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", "0" * 40)
+    started = time.monotonic()
+    with pytest.raises(LabelStudioRefused, match="refused the API token") as refused:
+        run_pull(coco_project)
+    assert "tried" not in str(refused.value) and "is unchanged" in str(refused.value)
+    assert time.monotonic() - started < 20, "a refusal is not worth the retries (2 + 5 + 15 s)"
 
 
 def test_a_second_pull_at_the_same_time_fails_clearly(workspace):

@@ -23,6 +23,10 @@ class LabelStudioError(RuntimeError):
     pass
 
 
+class LabelStudioRefused(LabelStudioError):
+    """Label Studio answered, and said no (4xx: a refused token, a missing project, a bad request): retrying won't help."""
+
+
 @dataclass(frozen=True)
 class Project:
     id: int
@@ -89,11 +93,13 @@ class LabelStudioClient:
 
     def _check(self, r: httpx.Response, method: str, path: str) -> httpx.Response:
         if r.status_code in (401, 403):
-            raise LabelStudioError(
+            raise LabelStudioRefused(
                 f"Label Studio at {self.url} refused the API token ({r.status_code}). Check LABEL_STUDIO_USER_TOKEN, "
                 "and that the server runs with LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true."
             )
-        if r.status_code >= 400:
+        if 400 <= r.status_code < 500:
+            raise LabelStudioRefused(f"Label Studio answered {r.status_code} to {method} {path}: {r.text[:500]}")
+        if r.status_code >= 500:
             raise LabelStudioError(f"Label Studio answered {r.status_code} to {method} {path}: {r.text[:500]}")
         return r
 

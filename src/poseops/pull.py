@@ -293,7 +293,8 @@ def fetch_images(
         try:
             content = client.download(url)
         except (LabelStudioError, httpx.HTTPError) as e:
-            raise LabelStudioError(f"downloading the image of task {task['id']} ({url[:200]}) failed: {e}") from None
+            kind = type(e) if isinstance(e, LabelStudioError) else LabelStudioError
+            raise kind(f"downloading the image of task {task['id']} ({url[:200]}) failed: {e}") from None
         return task["id"], cache.store(url, content)
 
     pool = ThreadPoolExecutor(max_workers=workers)

@@ -49,22 +49,26 @@ class ApiError(Exception):
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """A BGR array of the uploaded image (EXIF orientation applied), or a 400/413 `ApiError`.
+    """A BGR array of the uploaded image as it is shown (`poseops.imageio.displayed_rgb`: EXIF
+    orientation applied, first frame of an animation), or a 400/413 `ApiError`.
 
     The pixel count is read from the header and checked before anything is decoded.
     PIL's own `Image.open` is used (`poseops.imageio.open_image`).
     """
+    from struct import error as StructError
+
     import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
-    from poseops.imageio import open_image
+    from poseops.imageio import UPLOAD_FORMATS, displayed_rgb, open_image
 
+    broken = (OSError, SyntaxError, ValueError, EOFError, StructError)  # what PIL raises on damaged data
     if not data:
         raise ApiError(400, "empty_image", "the 'image' field is empty: attach the image file's bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = open_image(io.BytesIO(data))
+            image = open_image(io.BytesIO(data), UPLOAD_FORMATS)
     except UnidentifiedImageError:
         raise ApiError(
             400,
@@ -73,20 +77,23 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb(None, max_pixels) from None
+    except broken as e:  # a known format whose header cannot be read
+        raise _undecodable(e) from None
     width, height = image.size
     if width * height > max_pixels:
         raise _bomb((width, height), max_pixels)
     try:
         image.load()
-        image = ImageOps.exif_transpose(image) or image
-        rgb = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        if "truncated" in str(e).lower() or isinstance(e, EOFError):
-            raise ApiError(
-                400, "truncated_image", f"the image data ends early ({e}): upload the complete file"
-            ) from None
-        raise ApiError(400, "not_an_image", f"the image cannot be decoded ({e}): upload an intact image file") from None
+        rgb = displayed_rgb(image)
+    except broken as e:
+        raise _undecodable(e) from None
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+
+
+def _undecodable(e: Exception) -> ApiError:
+    if "truncated" in str(e).lower() or isinstance(e, EOFError):
+        return ApiError(400, "truncated_image", f"the image data ends early ({e}): upload the complete file")
+    return ApiError(400, "not_an_image", f"the image cannot be decoded ({e}): upload an intact image file")
 
 
 def _bomb(size: tuple[int, int] | None, max_pixels: int) -> ApiError:
@@ -346,7 +353,7 @@ _DETECT_OPENAPI: dict[str, Any] = {
                     "type": "object",
                     "required": ["image"],
                     "properties": {
-                        "image": {"type": "string", "format": "binary", "description": f"the image (JPEG, PNG, ...), at most {MAX_IMAGE_BYTES} bytes"},
+                        "image": {"type": "string", "format": "binary", "description": f"the image (JPEG, PNG, WebP, BMP, TIFF, GIF: first frame), at most {MAX_IMAGE_BYTES} bytes; EXIF orientation is applied"},
                         "conf_thres": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.25},
                         "iou_thres": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.45},
                         "ocr_model": {"type": "string", "enum": ["small", "medium", "large"]},
@@ -359,7 +366,7 @@ _DETECT_OPENAPI: dict[str, Any] = {
     },
     "responses": {
         "200": {
-            "description": "one object per detection; x, y is the box's top-left corner, all in pixels of the original image",
+            "description": "one object per detection; x, y is the box's top-left corner, all in pixels of the image as shown (EXIF orientation applied)",
             "content": {"application/json": {"schema": {"type": "array", "items": _DETECTION_SCHEMA}}},
         },
         "400": _error_schema("a bad field or an image that cannot be decoded"),

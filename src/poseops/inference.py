@@ -13,8 +13,11 @@ A `.pt` checkpoint run with the `onnx` runtime is exported once to a cached
 checkpoint's sha256, so the weights folder is never written to.
 
 Detections are plain dicts in the HTTP API's shape: `class`, `confidence`, `x`,
-`y` (top-left corner of the box), `width`, `height` in pixels of the original
-image, and `keypoints` (`{name, x, y, confidence}` in skeleton order).
+`y` (top-left corner of the box), `width`, `height` in pixels of the image as
+shown, and `keypoints` (`{name, x, y, confidence}` in skeleton order). The model
+takes decoded pixels; callers decode with the EXIF orientation applied (the
+service through `poseops.imageio.displayed_rgb`, `predict` and autolabel through
+OpenCV, which turns the image the same way).
 """
 
 from __future__ import annotations

@@ -208,6 +208,18 @@ def test_ocr_small_reads_text_in_person_crops(detect_service: RunningService):
     assert all("text" not in d for d in plain.json())
 
 
+def test_ocr_reads_at_most_16_crops_a_request(detect_service: RunningService):
+    """conf_thres=0 gives hundreds of detections: OCR reads the 16 most confident, the rest get null."""
+    r = post(detect_service, IMAGES[4].read_bytes(), conf_thres="0", ocr_model="small", ocr_classes="person")
+    assert r.status_code == 200, r.text
+    detections = r.json()
+    assert len(detections) > 16
+    read = [d for d in detections if d["text"] is not None]
+    assert len(read) == 16
+    assert min(d["confidence"] for d in read) >= max(d["confidence"] for d in detections if d["text"] is None)
+    assert httpx.get(detect_service.url + "/metadata").json()["api"]["max_ocr_crops"] == 16
+
+
 @pytest.mark.parametrize(("model", "word", "language"), [("medium", "HELLO", "eng"), ("large", "Straße", "deu")])
 def test_ocr_medium_and_large_read_text_in_person_crops(detect_service: RunningService, model: str, word: str, language: str):
     r = post(detect_service, person_holding(word), ocr_model=model, ocr_classes="person", ocr_language=language)

@@ -358,7 +358,7 @@ _DETECT_OPENAPI: dict[str, Any] = {
                         "iou_thres": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.45},
                         "ocr_model": {"type": "string", "enum": ["small", "medium", "large"]},
                         "ocr_classes": {"type": "string", "description": "comma-separated class names whose crops to read"},
-                        "ocr_language": {"type": "string", "default": "eng", "description": "Tesseract language code(s), e.g. deu or eng+deu"},
+                        "ocr_language": {"type": "string", "default": "eng", "description": "language code(s), Tesseract-style, e.g. deu or eng+deu; /metadata lists what each OCR model accepts"},
                     },
                 }
             }

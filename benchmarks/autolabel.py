@@ -30,6 +30,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def label_studio_for_run(args: argparse.Namespace, work: Path):
+    """(settings, whether started here): the Label Studio at --label-studio-url, or one started for the run."""
+    from poseops import labelstudio_server
+    from poseops.settings import Settings
+
+    started = False
+    if args.label_studio_url:
+        settings = Settings(home=work / "home", label_studio_url=args.label_studio_url, label_studio_token=args.token)
+    else:
+        settings = Settings(home=work / "home", label_studio_url=f"http://127.0.0.1:{free_port()}",
+                            label_studio_password=secrets.token_urlsafe(12), label_studio_token=secrets.token_hex(20),
+                            label_studio_bin=ROOT / ".venv-labelstudio" / "bin" / "label-studio")
+        print("starting Label Studio for the run ...", flush=True)
+        labelstudio_server.up(settings, timeout=900)
+        started = True
+    os.environ.update({"POSEOPS_HOME": str(settings.home), "LABEL_STUDIO_URL": settings.label_studio_url,
+                       "LABEL_STUDIO_USER_TOKEN": settings.label_studio_token})
+    return settings, started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16)
@@ -44,7 +64,7 @@ def main() -> None:
     from poseops.datasets import create_dataset, upload_images
     from poseops.demo import mirrored_copies
     from poseops.labelstudio import LabelStudioClient
-    from poseops.settings import Settings, quiet_telemetry
+    from poseops.settings import quiet_telemetry
 
     quiet_telemetry()
     work = Path(tempfile.mkdtemp(prefix="poseops-bench-"))
@@ -52,17 +72,7 @@ def main() -> None:
     images = sources if len(sources) >= args.images else sources + mirrored_copies(sources, work / "mirrored")
     images = images[: args.images]
 
-    started = None
-    if args.label_studio_url:
-        settings = Settings(home=work / "home", label_studio_url=args.label_studio_url, label_studio_token=args.token)
-    else:
-        settings = Settings(home=work / "home", label_studio_url=f"http://127.0.0.1:{free_port()}",
-                            label_studio_password=secrets.token_urlsafe(12), label_studio_token=secrets.token_hex(20),
-                            label_studio_bin=ROOT / ".venv-labelstudio" / "bin" / "label-studio")
-        print("starting Label Studio for the run ...", flush=True)
-        started = labelstudio_server.up(settings, timeout=900)
-    os.environ.update({"POSEOPS_HOME": str(settings.home), "LABEL_STUDIO_URL": settings.label_studio_url,
-                       "LABEL_STUDIO_USER_TOKEN": settings.label_studio_token})
+    settings, started = label_studio_for_run(args, work)
     try:
         import cv2
 
@@ -96,7 +106,7 @@ def main() -> None:
               f"{len(summary['failed'])} failed)")
         print(f"ratio autolabel/raw: {flow / raw:.2f}")
     finally:
-        if started is not None:
+        if started:
             labelstudio_server.down(settings)
 
 

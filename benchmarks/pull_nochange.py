@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from autolabel import SHARED, free_port
+from autolabel import SHARED, label_studio_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +42,7 @@ def main() -> None:
     from poseops.demo import make_workspace
     from poseops.labelstudio import LabelStudioClient
     from poseops.pull import export_snapshot
-    from poseops.settings import Settings, quiet_telemetry
+    from poseops.settings import quiet_telemetry
     from poseops.skeleton import load_skeleton
 
     quiet_telemetry()
@@ -56,17 +55,7 @@ def main() -> None:
     images = [im.path for im in labeled]
     labels = {im.path: image_results(skeleton, im) for im in labeled}
 
-    started = None
-    if args.label_studio_url:
-        settings = Settings(home=work / "home", label_studio_url=args.label_studio_url, label_studio_token=args.token)
-    else:
-        settings = Settings(home=work / "home", label_studio_url=f"http://127.0.0.1:{free_port()}",
-                            label_studio_password=secrets.token_urlsafe(12), label_studio_token=secrets.token_hex(20),
-                            label_studio_bin=ROOT / ".venv-labelstudio" / "bin" / "label-studio")
-        print("starting Label Studio for the run ...", flush=True)
-        started = labelstudio_server.up(settings, timeout=900)
-    os.environ.update({"POSEOPS_HOME": str(settings.home), "LABEL_STUDIO_URL": settings.label_studio_url,
-                       "LABEL_STUDIO_USER_TOKEN": settings.label_studio_token})
+    settings, started = label_studio_for_run(args, work)
     try:
         name = f"bench-{uuid.uuid4().hex[:6]}"
         with LabelStudioClient(settings) as client:
@@ -98,7 +87,7 @@ def main() -> None:
               f"(same version: {unchanged.get('dvc_md5') == first.get('dvc_md5')})")
         print(f"ratio no-change/first: {nochange_s / first_s:.2f}   no-change/export: {nochange_s / export_s:.2f}")
     finally:
-        if started is not None:
+        if started:
             labelstudio_server.down(settings)
 
 

@@ -26,10 +26,11 @@ from PIL import Image, ImageOps
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from service_server import IMAGES, RunningService
+from test_images import PHOTO, encode, photo
 
 pytestmark = pytest.mark.integration
 
-PHOTO = IMAGES[5]  # 416 x 640, three people found with confidence > 0.85
+assert PHOTO == IMAGES[5]  # 416 x 640, three people found with confidence > 0.85
 ORIENTATION = 0x0112  # the EXIF tag
 BOX_KEYS = ("x", "y", "width", "height")
 FUZZ_EXAMPLES = 60  # per operation and mode: 3-30 s for /detect on 2 cores (OCR requests are the slow ones)
@@ -54,17 +55,6 @@ def assert_error_body(response: httpx.Response | schemathesis.Response) -> None:
 
 def assert_healthy(service: RunningService) -> None:
     assert httpx.get(service.url + "/healthz", timeout=10).status_code == 200
-
-
-def encode(image: Image.Image, fmt: str, **params) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **params)
-    return buf.getvalue()
-
-
-def photo() -> Image.Image:
-    with Image.open(PHOTO) as im:
-        return im.convert("RGB")
 
 
 # --- Schemathesis: every operation of /docs.json, positive and negative data ------------------------

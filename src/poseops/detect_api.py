@@ -335,7 +335,8 @@ _DETECTION_SCHEMA = {
         "width": {"type": "number"},
         "height": {"type": "number"},
         "keypoints": {"type": "array", "items": _POINT, "description": "in skeleton order"},
-        "text": {"type": "string", "description": "only with OCR, for the ocr_classes"},
+        "text": {"type": "string", "nullable": True,
+                 "description": "only with OCR, for the ocr_classes; null past the 16 most confident crops"},
     },
 }
 

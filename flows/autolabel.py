@@ -104,8 +104,8 @@ def find_tasks(dataset: str, model_version: str, redo: bool) -> tuple[int, list[
 
 
 @task(**NETWORK_RETRIES)
-def predict_batch(dataset: str, batch: list[dict], model_version: str, service_url: str | None, weights: str | None,
-                  options: steps.AutolabelOptions) -> dict:
+def predict_batch(dataset: str, project_id: int, batch: list[dict], model_version: str, service_url: str | None,
+                  weights: str | None, options: steps.AutolabelOptions) -> dict:
     """One batch: fetch its images (cache first), detect, write predictions. Runs on any worker."""
     settings = load_settings()
     record = load_record(settings, dataset)
@@ -114,14 +114,14 @@ def predict_batch(dataset: str, batch: list[dict], model_version: str, service_u
     with LabelStudioClient(settings) as client:
         images, _ = fetch_images(client, batch, ImageCache(settings.home / "cache" / "images"), workers=options.workers)
         detect = detector(service_url, weights, record.skeleton, options)
-        steps.label_tasks(client, skeleton, batch, images, detect, model_version, options, report)
+        steps.label_tasks(client, project_id, skeleton, batch, images, detect, model_version, options, report)
     return {"predicted": report.predicted, "failed": report.failed}
 
 
 @flow(name="autolabel-batches")
-def label_batches(dataset: str, batches: list[list[dict]], model_version: str, service_url: str | None,
-                  weights: str | None, options: steps.AutolabelOptions) -> list[dict]:
-    futures = predict_batch.map(dataset, batches, model_version, service_url, weights, options)
+def label_batches(dataset: str, project_id: int, batches: list[list[dict]], model_version: str,
+                  service_url: str | None, weights: str | None, options: steps.AutolabelOptions) -> list[dict]:
+    futures = predict_batch.map(dataset, project_id, batches, model_version, service_url, weights, options)
     return [f.result() for f in futures]
 
 
@@ -159,7 +159,7 @@ def autolabel(dataset: str = "demo-people", service_url: str | None = None, weig
     size = config.get("batch_size", 16)
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
     results = label_batches.with_options(task_runner=task_runner(config))(
-        dataset, batches, model_version, service_url, weights, options) if batches else []
+        dataset, project_id, batches, model_version, service_url, weights, options) if batches else []
     predicted = {int(k): v for r in results for k, v in r["predicted"].items()}
     failed = {int(k): v for r in results for k, v in r["failed"].items()}
     if predicted:

@@ -13,7 +13,6 @@ from poseops.labelstudio import LabelStudioClient
 from poseops.regions import poses_to_results
 from poseops.skeleton import load_skeleton
 
-pytestmark = pytest.mark.integration
 COCO8 = SHARED_DATASETS / "coco8-pose"
 SKELETON = load_skeleton(PERSON_SPEC)
 
@@ -36,6 +35,7 @@ def make_dataset(settings, labeled: int = 1) -> tuple[str, list]:
     return name, images
 
 
+@pytest.mark.integration
 def test_autolabel_writes_the_models_detections_once(prefect_api, workspace, label_studio, reference_model):
     import cv2
 
@@ -77,7 +77,59 @@ def test_autolabel_writes_the_models_detections_once(prefect_api, workspace, lab
     again = autolabel(dataset=name, weights="yolo11n-pose.pt")
     assert again["predicted"] == 0 and again["skipped_done"] == 3
 
+    redone = autolabel(dataset=name, weights="yolo11n-pose.pt", redo=True)
+    assert redone["predicted"] == 3 and redone["failed"] == {}
+    with LabelStudioClient(label_studio) as client:
+        after = {t["data"]["source"]: t for t in client.iter_tasks(project.id)}
+    for image in images[1:]:  # replaced, not added: still one prediction of this version per task
+        assert [p["model_version"] for p in after[image.file_name]["predictions"]].count(version) == 1
 
+
+class RecordingClient:
+    """Stands in for Label Studio in the unit test below: records the bulk write, or refuses it."""
+
+    def __init__(self, refuse: bool = False):
+        self.refuse, self.imported = refuse, []
+
+    def import_predictions(self, project_id: int, predictions: list[dict]) -> int:
+        if self.refuse:
+            raise RuntimeError("Label Studio answered 500")
+        self.imported += predictions
+        return len(predictions)
+
+
+def test_a_bad_image_is_reported_and_the_rest_written_in_one_request(tmp_path):
+    from PIL import Image
+
+    from poseops.autolabel import AutolabelOptions, AutolabelReport, label_tasks
+    from poseops.skeleton import load_skeleton
+
+    paths = {}
+    for task_id in (1, 2, 3):
+        paths[task_id] = tmp_path / f"{task_id}.png"
+        Image.new("RGB", (64, 48), (task_id * 40, 0, 0)).save(paths[task_id])
+
+    def detect(data: bytes) -> list:
+        if data == paths[2].read_bytes():
+            raise ValueError("not an image")
+        return []
+
+    tasks = [{"id": i, "predictions": []} for i in (1, 2, 3)]
+    for refuse in (False, True):
+        client, report = RecordingClient(refuse), AutolabelReport("v1")
+        options = AutolabelOptions(workers=1)
+        label_tasks(client, 7, load_skeleton(PERSON_SPEC), tasks, paths, detect, "v1", options, report)
+        assert "not an image" in report.failed[2]
+        if refuse:
+            assert report.predicted == {} and set(report.failed) == {1, 2, 3}
+            assert "writing the prediction failed" in report.failed[3]
+        else:
+            assert set(report.predicted) == {1, 3} and set(report.failed) == {2}
+            assert [p["task"] for p in client.imported] == [1, 3]
+            assert all(p["model_version"] == "v1" for p in client.imported)
+
+
+@pytest.mark.integration
 def test_autolabel_fans_out_on_a_real_dask_cluster(prefect_api, workspace, label_studio):
     from flows.autolabel import autolabel
 
@@ -91,6 +143,7 @@ def test_autolabel_fans_out_on_a_real_dask_cluster(prefect_api, workspace, label
     assert versions.count(summary["model_version"]) == 4
 
 
+@pytest.mark.integration
 def test_bad_autolabel_params_name_the_key(prefect_api, workspace):
     from flows.autolabel import autolabel
 

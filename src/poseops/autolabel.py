@@ -90,14 +90,16 @@ def tasks_to_label(client: LabelStudioClient, project_id: int, model_version: st
     return todo
 
 
-def write_prediction(client: LabelStudioClient, task: dict, result: list[dict], score: float, model_version: str,
-                     replace: bool) -> None:
-    """Store one prediction; with `replace`, the task's older predictions of this version go first."""
+def write_predictions(client: LabelStudioClient, project_id: int, predicted: list[tuple[dict, list[dict], float]],
+                      model_version: str, replace: bool) -> None:
+    """Store the predictions of many tasks in one request; with `replace`, their older ones of this version go first."""
     if replace:
-        for old in task.get("predictions") or []:
-            if old.get("model_version") == model_version:
-                client.request("DELETE", f"/api/predictions/{old['id']}")
-    client.create_prediction(task["id"], result, model_version, score=score)
+        for task, _, _ in predicted:
+            for old in task.get("predictions") or []:
+                if old.get("model_version") == model_version:
+                    client.request("DELETE", f"/api/predictions/{old['id']}")
+    client.import_predictions(project_id, [{"task": task["id"], "result": result, "score": score,
+                                            "model_version": model_version} for task, result, score in predicted])
 
 
 def show_model_version(client: LabelStudioClient, project_id: int, model_version: str) -> None:
@@ -108,6 +110,7 @@ def show_model_version(client: LabelStudioClient, project_id: int, model_version
 
 def label_tasks(
     client: LabelStudioClient,
+    project_id: int,
     skeleton: Skeleton,
     tasks: list[dict],
     images: dict[int, Any],
@@ -117,24 +120,33 @@ def label_tasks(
     report: AutolabelReport,
     on_progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Detect and write a prediction for each task (in parallel); a failure is recorded, the rest go on."""
+    """Detect on each task's image (in parallel), then write all the predictions in one request.
+
+    A task whose image fails is recorded and the rest go on; a refused write is recorded for every task in it.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(task: dict) -> None:
-        path = images[task["id"]]
-        width, height = image_size(path)
-        detections = detect(path.read_bytes())
-        result, score = prediction_of(skeleton, detections, width, height, options.keypoint_conf)
-        write_prediction(client, task, result, score, model_version, replace=options.redo)
-        report.predicted[task["id"]] = score
-
-    def guarded(task: dict) -> None:
+    def one(task: dict) -> tuple[dict, list[dict], float] | None:
         try:
-            one(task)
+            path = images[task["id"]]
+            width, height = image_size(path)
+            detections = detect(path.read_bytes())
+            result, score = prediction_of(skeleton, detections, width, height, options.keypoint_conf)
+            return task, result, score
         except Exception as e:  # noqa: BLE001 - one bad image must not stop the batch; it is reported
             report.failed[task["id"]] = f"{type(e).__name__}: {e}"
-        if on_progress:
-            on_progress(1)
+            return None
+        finally:
+            if on_progress:
+                on_progress(1)
 
     with ThreadPoolExecutor(max_workers=options.workers) as pool:
-        list(pool.map(guarded, [t for t in tasks if t["id"] in images]))
+        predicted = [p for p in pool.map(one, [t for t in tasks if t["id"] in images]) if p is not None]
+    try:
+        write_predictions(client, project_id, predicted, model_version, replace=options.redo)
+    except Exception as e:  # noqa: BLE001 - reported per task, like a failed image
+        for task, _, _ in predicted:
+            report.failed[task["id"]] = f"writing the prediction failed: {type(e).__name__}: {e}"
+        return
+    for task, _, score in predicted:
+        report.predicted[task["id"]] = score

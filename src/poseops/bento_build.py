@@ -65,9 +65,13 @@ def save_model(files: Path) -> str:
 def project_wheel(dest: Path) -> Path:
     """The poseops wheel, built from this checkout, so that the Bento's image can install the package."""
     dest.mkdir(parents=True, exist_ok=True)
+    scratch = REPO / "build"  # setuptools' build folder in the checkout: removed again unless it was there
+    had_scratch = scratch.exists()
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                            "--disable-pip-version-check", "-q", "-w", str(dest), str(REPO)],
                           capture_output=True, text=True, check=False)
+    if not had_scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
     wheels = sorted(dest.glob("poseops-*.whl"))
     if done.returncode != 0 or not wheels:
         raise RuntimeError(f"building the poseops wheel failed: {done.stderr.strip()[-1000:]}")

@@ -197,6 +197,16 @@ class LabelStudioClient:
             body["score"] = score
         return self.json("POST", "/api/predictions", json=body)["id"]
 
+    def import_predictions(self, project_id: int, predictions: list[dict]) -> int:
+        """Create many predictions in one request (each {task, result, score, model_version}); how many were made."""
+        if not predictions:
+            return 0
+        created = self.json("POST", f"/api/projects/{project_id}/import/predictions", json=predictions).get("created")
+        if created != len(predictions):
+            raise LabelStudioError(f"Label Studio created {created} of {len(predictions)} predictions in project "
+                                   f"{project_id}; see its log")
+        return created
+
     def create_annotation(self, task_id: int, result: list[dict]) -> int:
         return self.json("POST", f"/api/tasks/{task_id}/annotations", json={"result": result})["id"]
 

@@ -101,8 +101,12 @@ def build_bento(model_tag: str, runtime: str) -> str:
         }
         shutil.copy2(REPO / "constraints.txt", context / "constraints.txt")
         (context / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
+        here = Path.cwd()
         os.chdir(context)  # BentoML resolves the files a bentofile names inside the working directory
-        bento = bentoml.bentos.build_bentofile("bentofile.yaml", build_ctx=str(context))
+        try:
+            bento = bentoml.bentos.build_bentofile("bentofile.yaml", build_ctx=str(context))
+        finally:
+            os.chdir(here)
     prune_old_bentos(keep=str(bento.tag))
     return str(bento.tag)
 

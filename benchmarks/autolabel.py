@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
 def label_studio_for_run(args: argparse.Namespace, work: Path):
-    """(settings, whether started here): the Label Studio at --label-studio-url, or one started for the run."""
+    """Settings for the Label Studio at --label-studio-url, or for one started for the run and stopped after it."""
     from poseops import labelstudio_server
     from poseops.settings import Settings
 
-    started = False
     if args.label_studio_url:
         settings = Settings(home=work / "home", label_studio_url=args.label_studio_url, label_studio_token=args.token)
     else:
@@ -44,10 +45,13 @@ def label_studio_for_run(args: argparse.Namespace, work: Path):
                             label_studio_bin=ROOT / ".venv-labelstudio" / "bin" / "label-studio")
         print("starting Label Studio for the run ...", flush=True)
         labelstudio_server.up(settings, timeout=900)
-        started = True
     os.environ.update({"POSEOPS_HOME": str(settings.home), "LABEL_STUDIO_URL": settings.label_studio_url,
                        "LABEL_STUDIO_USER_TOKEN": settings.label_studio_token})
-    return settings, started
+    try:
+        yield settings
+    finally:
+        if not args.label_studio_url:
+            labelstudio_server.down(settings)
 
 
 def main() -> None:
@@ -60,7 +64,6 @@ def main() -> None:
     os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(SHARED / "weights"))
     sys.path.insert(0, str(ROOT))
 
-    from poseops import labelstudio_server
     from poseops.datasets import create_dataset, upload_images
     from poseops.demo import mirrored_copies
     from poseops.labelstudio import LabelStudioClient
@@ -72,8 +75,7 @@ def main() -> None:
     images = sources if len(sources) >= args.images else sources + mirrored_copies(sources, work / "mirrored")
     images = images[: args.images]
 
-    settings, started = label_studio_for_run(args, work)
-    try:
+    with label_studio_for_run(args, work) as settings:
         import cv2
 
         from poseops.inference import PoseModel
@@ -105,9 +107,6 @@ def main() -> None:
         print(f"autolabel:  {flow:6.2f} images/s  (Label Studio tasks → predictions, {summary['predicted']} written, "
               f"{len(summary['failed'])} failed)")
         print(f"ratio autolabel/raw: {flow / raw:.2f}")
-    finally:
-        if started:
-            labelstudio_server.down(settings)
 
 
 if __name__ == "__main__":

@@ -17,19 +17,15 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-from serve import DEFAULT_IMAGES, ROOT, load_raw, start_service
+from serve import ROOT, add_model_arguments, load_raw, start_service
 
 from poseops.loadtest import run_load
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of .jpg images (searched recursively)")
-    parser.add_argument("--weights", default="yolo11n-pose.pt")
-    parser.add_argument("--skeleton", type=Path, default=ROOT / "label_config" / "skeletons" / "person.yaml")
-    parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
+    add_model_arguments(parser)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--max-requests", type=int, default=5000)

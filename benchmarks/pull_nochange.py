@@ -36,7 +36,6 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
 
-    from poseops import labelstudio_server
     from poseops.coco import image_results, read_coco_keypoints
     from poseops.datasets import create_dataset, upload_images
     from poseops.demo import make_workspace
@@ -55,8 +54,7 @@ def main() -> None:
     images = [im.path for im in labeled]
     labels = {im.path: image_results(skeleton, im) for im in labeled}
 
-    settings, started = label_studio_for_run(args, work)
-    try:
+    with label_studio_for_run(args, work) as settings:
         name = f"bench-{uuid.uuid4().hex[:6]}"
         with LabelStudioClient(settings) as client:
             project, _ = create_dataset(client, settings, name, spec)
@@ -86,9 +84,6 @@ def main() -> None:
         print(f"no-change pull, median of {args.repeat}: {nochange_s:7.2f} s  -> {unchanged.get('dvc_md5')} "
               f"(same version: {unchanged.get('dvc_md5') == first.get('dvc_md5')})")
         print(f"ratio no-change/first: {nochange_s / first_s:.2f}   no-change/export: {nochange_s / export_s:.2f}")
-    finally:
-        if started:
-            labelstudio_server.down(settings)
 
 
 if __name__ == "__main__":

@@ -112,12 +112,17 @@ def start_service(args: argparse.Namespace):
     return server
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The images, weights, skeleton and runtime options this benchmark and benchmarks/load.py share."""
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of .jpg images (searched recursively)")
     parser.add_argument("--weights", default="yolo11n-pose.pt")
     parser.add_argument("--skeleton", type=Path, default=ROOT / "label_config" / "skeletons" / "person.yaml")
     parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--rounds", type=int, default=2, help="passes over the images per phase and cycle")
     parser.add_argument("--cycles", type=int, default=3, help="times the three phases are repeated, interleaved")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")

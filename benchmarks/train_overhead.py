@@ -41,27 +41,14 @@ YOLO(args.pop("model")).train(**args)
 """
 
 
-def make_project(root: Path, dataset: Path, settings: dict[str, object]) -> None:
-    root.mkdir(parents=True)
-    shutil.copytree(ROOT / "pipelines", root / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, root)
-    (root / "label_config" / "skeletons").mkdir(parents=True)
-    shutil.copy(ROOT / "label_config" / "skeletons" / "person.yaml", root / "label_config" / "skeletons")
+def make_project(root: Path, dataset: Path, params_update: dict[str, object]) -> None:
+    """A user's checkout (`poseops.demo.make_workspace`) with the dataset committed in it."""
+    from poseops.demo import make_workspace
+
+    make_workspace(root, params_update)
     copy_dataset(dataset, root / "data" / "coco8-pose")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in settings.items():
-        *sections, key = dotted.split(".")
-        node = params
-        for section in sections:
-            node = node[section]
-        node[key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@poseops.local",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@poseops.local"}
-    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "benchmark project"]):
-        subprocess.run(cmd, cwd=root, check=True, capture_output=True, env=env)
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "benchmark dataset"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
 
 
 def copy_dataset(src: Path, dest: Path) -> None:
@@ -101,7 +88,7 @@ def main() -> None:
     env = {**os.environ, "POSEOPS_HOME": str(work / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'home' / 'mlflow.db'}",
            "YOLO_CONFIG_DIR": str(work / "home" / "ultralytics"), "YOLO_OFFLINE": os.environ.get("YOLO_OFFLINE", "true"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    base = {"train.workers": 0, "train.batch": args.batch, "mlflow.experiment": "benchmark", "device": args.device}
+    base = {"train": {"workers": 0, "batch": args.batch}, "mlflow": {"experiment": "benchmark"}, "device": args.device}
     overrides = {"train.epochs": args.epochs, "train.imgsz": args.imgsz}
     try:
         repo = work / "repo"

@@ -93,7 +93,10 @@ def mirrored_copies(images: list[Path], dest: Path) -> list[Path]:
 
 
 def make_workspace(dest: Path, params_update: dict, source: Path = PROJECT_ROOT) -> Path:
-    """A checkout of the pipeline (dvc.yaml, params.yaml, pipelines/, label_config/) with git and DVC, made once."""
+    """A checkout of the pipeline (dvc.yaml, params.yaml, pipelines/, label_config/) with git and DVC, made once.
+
+    `params_update` maps a params.yaml section to the keys to change in it, or a top-level key to its value.
+    """
     if (dest / ".dvc").is_dir():
         return dest
     dest.mkdir(parents=True, exist_ok=True)
@@ -105,7 +108,10 @@ def make_workspace(dest: Path, params_update: dict, source: Path = PROJECT_ROOT)
             shutil.copy(src, dest / name)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     for section, values in params_update.items():
-        params.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            params.setdefault(section, {}).update(values)
+        else:  # a top-level key such as `device`
+            params[section] = values
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dest / ".gitignore").write_text("runs/\n.poseops/\n")
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "demo@poseops.local"],

@@ -21,11 +21,12 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from poseops.convert import IMAGE_SUFFIXES
+from poseops.errors import PoseopsError
 from poseops.regions import Pose, poses_to_results
 from poseops.skeleton import Skeleton
 
 
-class DatasetError(ValueError):
+class DatasetError(PoseopsError, ValueError):
     """Labels that cannot be read; the message names the file and the entry."""
 
 

@@ -30,6 +30,7 @@ from urllib.parse import unquote
 
 import yaml
 
+from poseops.errors import PoseopsError
 from poseops.label_config import OCCLUDED, VISIBILITY
 from poseops.regions import Pose
 from poseops.skeleton import Skeleton
@@ -67,7 +68,7 @@ DROPPED_NOTHING = "nothing"  # kept, but changed (a box clipped to the image) or
 KEYPOINT_FAR_OUTSIDE_BOX = "far_outside_box"
 
 
-class ExportError(ValueError):
+class ExportError(PoseopsError, ValueError):
     """A Label Studio export file that cannot be read; the message says what to do."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from poseops.errors import PoseopsError
 from poseops.imageio import open_image
 from poseops.label_config import label_config_xml
 from poseops.labelstudio import LabelStudioClient, LabelStudioError, Project
@@ -35,7 +36,7 @@ IMPORT_BATCH = 50
 _QUARTER_TURNS = {5, 6, 7, 8}
 
 
-class DatasetError(RuntimeError):
+class DatasetError(PoseopsError, RuntimeError):
     pass
 
 

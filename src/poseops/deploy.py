@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from poseops import tracking
+from poseops.errors import PoseopsError
 from poseops.processes import ManagedServer, port_of
 from poseops.settings import Settings
 
 SERVICE_DIR = Path(__file__).resolve().parents[2] / "bentos"
 
 
-class DeployError(RuntimeError):
+class DeployError(PoseopsError, RuntimeError):
     pass
 
 

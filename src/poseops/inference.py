@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poseops.convert import file_sha256
+from poseops.errors import PoseopsError
 from poseops.skeleton import Skeleton
 from poseops.weights import prepare_ultralytics, resolve_weights
 
@@ -44,7 +45,7 @@ DEFAULT_IMGSZ = 640
 KEYPOINT_DRAW_THRESHOLD = 0.5  # the keypoint confidence below which drawings leave a point out (as Ultralytics does)
 
 
-class ModelError(RuntimeError):
+class ModelError(PoseopsError, RuntimeError):
     """Weights that cannot be loaded or do not fit the skeleton spec; the message says what to change."""
 
 

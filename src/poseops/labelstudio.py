@@ -14,12 +14,13 @@ from typing import Any
 
 import httpx
 
+from poseops.errors import PoseopsError
 from poseops.settings import Settings
 
 RETRY_DELAYS = (1.0, 3.0, 8.0)
 
 
-class LabelStudioError(RuntimeError):
+class LabelStudioError(PoseopsError, RuntimeError):
     pass
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from poseops.errors import PoseopsError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -71,7 +73,7 @@ PACKAGE_MODELS = {
 }
 
 
-class OcrError(ValueError):
+class OcrError(PoseopsError, ValueError):
     """An OCR request that cannot be served; `code` is the API error code."""
 
     def __init__(self, code: str, message: str) -> None:

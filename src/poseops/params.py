@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from poseops.errors import PoseopsError
+
 PARAMS_FILE = "params.yaml"
 
 POSE_ARCHITECTURE = re.compile(r"^(yolo11|yolov8|yolo26)[nslmx]-pose(-p6)?\.(pt|yaml)$")
@@ -38,7 +40,7 @@ SECRET_HINTS = ("password", "token", "secret", "api_key", "apikey", "credential"
 OTHER_OWNERS = ("pull", "autolabel", "schedules")  # sections validated where they are read
 
 
-class ParamsError(ValueError):
+class ParamsError(PoseopsError, ValueError):
     """A params file that cannot be used; the message names the key and what is allowed."""
 
 

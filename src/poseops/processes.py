@@ -18,8 +18,10 @@ from pathlib import Path
 
 import httpx
 
+from poseops.errors import PoseopsError
 
-class ServerError(RuntimeError):
+
+class ServerError(PoseopsError, RuntimeError):
     pass
 
 

@@ -31,16 +31,17 @@ from urllib.parse import unquote
 
 import httpx
 
+from poseops.errors import PoseopsError
 from poseops.labelstudio import LabelStudioClient, LabelStudioError
 from poseops.settings import Settings
 from poseops.skeleton import Skeleton
 
 
-class NotReady(RuntimeError):
+class NotReady(PoseopsError, RuntimeError):
     """The labels are not ready to train on; the message says why and what to do."""
 
 
-class PullError(RuntimeError):
+class PullError(PoseopsError, RuntimeError):
     pass
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from poseops.errors import PoseopsError
+
 # Distinct colours (Sasha Trubetskoy's palette), used when the spec names none.
 PALETTE = (
     "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
@@ -41,7 +43,7 @@ _COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]*$")
 
 
-class SkeletonError(ValueError):
+class SkeletonError(PoseopsError, ValueError):
     """A skeleton spec that cannot be used; the message names the file, line and entry."""
 
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from poseops.errors import PoseopsError
+
 # Ultralytics 8.4 PoseMetrics.fitness = pose.fitness() + box.fitness(), each
 # Metric.fitness = [P, R, mAP50, mAP50-95] · [0, 0, 0, 1]; so fitness = box mAP50-95 + pose mAP50-95.
 FITNESS_WEIGHTS = {"box_mAP50-95": 1.0, "pose_mAP50-95": 1.0}
@@ -37,7 +39,7 @@ SUMMARY_METRICS = ("fitness", "pose_mAP50", "pose_mAP50-95", "box_mAP50", "box_m
 LOCK_WAIT_S = 60.0  # how long training waits for a locked SQLite store before it starts
 
 
-class TrackingError(RuntimeError):
+class TrackingError(PoseopsError, RuntimeError):
     """MLflow cannot be used as configured; the message says how to fix it."""
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from poseops import tracking
+from poseops.errors import PoseopsError
 from poseops.params import Params
 from poseops.processes import alive
 from poseops.settings import load_settings
@@ -50,7 +51,7 @@ SECRET_HINTS = ("password", "token", "secret", "api_key", "apikey", "credential"
 ULTRALYTICS_INTEGRATIONS_OFF = ("mlflow", "dvc", "clearml", "comet", "raytune", "tensorboard", "wandb", "sync")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PoseopsError, RuntimeError):
     """A training step that cannot go on; the message names the problem and the fix."""
 
 

@@ -39,9 +39,6 @@ class AutolabelReport:
     skipped_done: int = 0
     failed: dict[int, str] = field(default_factory=dict)
 
-    def least_confident(self, n: int = 20) -> list[tuple[int, float]]:
-        return sorted(self.predicted.items(), key=lambda kv: kv[1])[:n]
-
 
 def detection_to_pose(skeleton: Skeleton, detection: dict, width: int, height: int, keypoint_conf: float) -> Pose:
     """One API detection (pixels, top-left x/y) as a normalized Pose; unsure keypoints left out."""

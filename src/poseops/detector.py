@@ -132,7 +132,6 @@ class Detector:
             )
         self.model: PoseModel | None = None
         self.load_error: str | None = None
-        self._loader: threading.Thread | None = None
 
     @property
     def ready(self) -> bool:
@@ -147,13 +146,7 @@ class Detector:
             log.exception("loading the model failed")
 
     def load_in_background(self) -> None:
-        self._loader = threading.Thread(target=self.load, name="poseops-model-loader", daemon=True)
-        self._loader.start()
-
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        if self._loader is not None:
-            self._loader.join(timeout)
-        return self.ready
+        threading.Thread(target=self.load, name="poseops-model-loader", daemon=True).start()
 
     def detect(
         self,

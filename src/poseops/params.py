@@ -5,9 +5,10 @@ keys that several stages read sit at the top (`dataset`, `skeleton`, `device`, `
 `promote`). Every key has a default here, equal to the value in the shipped
 `params.yaml`, so a file may name only what it changes.
 
-Sections that other parts of poseops read and validate themselves (`pull`: poseops.pull,
-`autolabel`: flows/autolabel.py, `schedules`: flows/serve.py) are accepted here as they
-are, only checked to be mappings, and left out of what MLflow logs.
+The sections that are not about one training (`pull`, `autolabel`, `schedules`) are typed
+and validated here too, and left out of what MLflow logs (`Params.flat`). Every entry
+point (the CLI, the flows, the DVC stages, the service) loads this file once through
+`load_params` and passes the typed object on; nothing else reads `params.yaml`.
 
 Loading rejects what Ultralytics or DVC would otherwise accept silently or fail on
 late: an unknown key (a typo such as `train.epoch`) is an error naming the key and
@@ -27,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, SECRET_HINTS
 from poseops.errors import PoseopsError
 
 PARAMS_FILE = "params.yaml"
@@ -36,8 +38,8 @@ RUN_URI = re.compile(r"^runs:/[0-9a-f]{32}/.+$")
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 DEVICE = re.compile(r"^(cpu|mps|\d+(,\d+)*)$")
 OPTIMIZERS = ("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")
-SECRET_HINTS = ("password", "token", "secret", "api_key", "apikey", "credential")
-OTHER_OWNERS = ("pull", "autolabel", "schedules")  # sections validated where they are read
+NOT_TRAINING = ("pull", "autolabel", "schedules")  # sections that do not change a training: not logged to MLflow
+CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#LW-]+$")
 
 
 class ParamsError(PoseopsError, ValueError):
@@ -94,6 +96,17 @@ def check_batch(value: int | float) -> str | None:
 
 def check_imgsz(value: int) -> str | None:
     return None if value >= 32 and value % 32 == 0 else "must be a multiple of 32, at least 32 (e.g. 320, 640)"
+
+
+def check_cron(value: str) -> str | None:
+    fields = value.split()
+    if len(fields) in (5, 6) and all(CRON_FIELD.match(f) for f in fields):
+        return None
+    return "must be a cron string of 5 fields (minute hour day month weekday), e.g. '0 3 * * *', or empty"
+
+
+def check_url(value: str) -> str | None:
+    return None if re.match(r"^https?://[^\s/]+", value) else "must be an http(s) URL such as http://127.0.0.1:3000"
 
 
 def check_name(value: str) -> str | None:
@@ -192,6 +205,43 @@ class PromoteParams:
 
 
 @dataclass(frozen=True)
+class PullParams:
+    """Label Studio → data/<dataset> (poseops.pull, docs/pull.md)."""
+
+    min_images: int = _spec(8, lo=2)  # one image each for train and val at least
+    min_images_recommended: int = _spec(250, lo=0)
+    val_fraction: float = _spec(0.2, lo=0.01, hi=0.99)
+    allow_unlabeled: bool = False
+    data_root: str = "data"
+    workers: int = _spec(8, lo=1)  # parallel image downloads
+
+
+@dataclass(frozen=True)
+class AutolabelParams:
+    """The model pre-labels the tasks nobody labeled (poseops.autolabel, docs/autolabel.md)."""
+
+    task_runner: str = _spec("threads", choices=("threads", "dask"))
+    dask_address: str | None = None  # empty: a local Dask cluster
+    workers: int = _spec(4, lo=1)
+    batch_size: int = _spec(16, lo=1)
+    conf_thres: float = _fraction(DEFAULT_CONF_THRES)
+    iou_thres: float = _fraction(DEFAULT_IOU_THRES)
+    keypoint_conf: float = _fraction(0.5)  # keypoints below this are left for the annotator
+
+
+@dataclass(frozen=True)
+class SchedulesParams:
+    """`poseops serve-flows`: a cron string per deployment; empty = only when triggered."""
+
+    dataset: str = _spec("demo-people", check=check_name)
+    service_url: str | None = _spec(None, check=check_url)  # empty: POSEOPS_SERVICE_URL (settings)
+    pull_labels: str | None = _spec(None, check=check_cron)
+    train: str | None = _spec(None, check=check_cron)
+    autolabel: str | None = _spec("0 * * * *", check=check_cron)
+    loop: str | None = _spec("0 3 * * *", check=check_cron)
+
+
+@dataclass(frozen=True)
 class Params:
     dataset: DatasetParams = _spec(DatasetParams())
     skeleton: str = "label_config/skeletons/person.yaml"
@@ -202,16 +252,16 @@ class Params:
     evaluate: EvaluateParams = _spec(EvaluateParams())
     export: ExportParams = _spec(ExportParams())
     promote: PromoteParams = _spec(PromoteParams())
-    pull: dict[str, Any] | None = None
-    autolabel: dict[str, Any] | None = None
-    schedules: dict[str, Any] | None = None
+    pull: PullParams = _spec(PullParams())
+    autolabel: AutolabelParams = _spec(AutolabelParams())
+    schedules: SchedulesParams = _spec(SchedulesParams())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
         """`section.key: value` pairs (what MLflow logs as params), secrets never included."""
-        training = {k: v for k, v in self.to_dict().items() if k not in OTHER_OWNERS}
+        training = {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING}
         return {k: v for k, v in _flatten(training).items() if not any(h in k.lower() for h in SECRET_HINTS)}
 
     def replace(self, **overrides: Any) -> Params:

@@ -12,6 +12,7 @@ the second fails at once, saying so.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -33,6 +34,7 @@ import httpx
 
 from poseops.errors import PoseopsError
 from poseops.labelstudio import LabelStudioClient, LabelStudioError
+from poseops.params import PullParams
 from poseops.settings import Settings
 from poseops.skeleton import Skeleton
 
@@ -49,42 +51,28 @@ class DvcPushError(PullError):
     """The dataset was built and recorded locally, but the DVC remote did not take it."""
 
 
+_DEFAULTS = PullParams()
+
+
 @dataclass(frozen=True)
 class PullOptions:
-    min_images: int = 8
-    min_images_recommended: int = 250
-    val_fraction: float = 0.2
-    allow_unlabeled: bool = False
-    data_root: Path = Path("data")
-    workers: int = 8
+    """The `pull` section of params.yaml (defaults there) plus what one pull decides."""
+
+    min_images: int = _DEFAULTS.min_images
+    min_images_recommended: int = _DEFAULTS.min_images_recommended
+    val_fraction: float = _DEFAULTS.val_fraction
+    allow_unlabeled: bool = _DEFAULTS.allow_unlabeled
+    data_root: Path = Path(_DEFAULTS.data_root)
+    workers: int = _DEFAULTS.workers
     version: bool = True  # record with DVC (+ push) and git
     commit: bool = True  # commit the .dvc file to git
 
 
-PULL_KEYS = {"min_images": int, "min_images_recommended": int, "val_fraction": float, "allow_unlabeled": bool,
-             "data_root": str, "workers": int}
-
-
-def pull_options(section: dict | None, **overrides) -> PullOptions:
-    """Options from the `pull` section of params.yaml (validated), then explicit overrides."""
-    values: dict = {}
-    for key, value in (section or {}).items():
-        if key not in PULL_KEYS:
-            raise PullError(f"params.yaml: unknown key pull.{key} (allowed: {', '.join(sorted(PULL_KEYS))})")
-        kind = PULL_KEYS[key]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            raise PullError(f"params.yaml: pull.{key} must be a {kind.__name__}, not {value!r}")
-        values[key] = Path(value) if key == "data_root" else value
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    options = PullOptions(**values)
-    if not 0 < options.val_fraction < 1:
-        raise PullError(f"params.yaml: pull.val_fraction must be between 0 and 1, not {options.val_fraction}")
-    if options.min_images < 2 or options.workers < 1:
-        raise PullError("params.yaml: pull.min_images must be at least 2 (one image each for train and val), workers at least 1")
-    return options
+def pull_options(section: PullParams, **overrides) -> PullOptions:
+    """Options from the (validated) `pull` section of params.yaml, then explicit overrides (None = keep)."""
+    values = {**dataclasses.asdict(section), **{k: v for k, v in overrides.items() if v is not None}}
+    values["data_root"] = Path(values["data_root"])
+    return PullOptions(**values)
 
 
 @dataclass

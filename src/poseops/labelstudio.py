@@ -37,7 +37,8 @@ class Project:
 
 
 class LabelStudioClient:
-    def __init__(self, settings: Settings, timeout: float = 60.0):
+    def __init__(self, settings: Settings, timeout: float = 60.0, retries: int = len(RETRY_DELAYS)):
+        """`retries`: tries again after a connection error or a 5xx; 0 where a caller retries (a Prefect task)."""
         if not settings.label_studio_token:
             raise LabelStudioError(
                 "no Label Studio API token: set LABEL_STUDIO_USER_TOKEN (environment or .env); "
@@ -52,6 +53,7 @@ class LabelStudioClient:
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
         )
         self._sdk = None
+        self.retries = retries
 
     def close(self) -> None:
         self.http.close()
@@ -73,8 +75,9 @@ class LabelStudioClient:
 
     # --- plumbing ---------------------------------------------------------------
 
-    def request(self, method: str, path: str, retries: int = len(RETRY_DELAYS), **kwargs: Any) -> httpx.Response:
+    def request(self, method: str, path: str, retries: int | None = None, **kwargs: Any) -> httpx.Response:
         """One API call; connection errors and 5xx are retried, then reported with what to do."""
+        retries = self.retries if retries is None else retries
         for attempt in range(retries + 1):
             try:
                 r = self.http.request(method, path, **kwargs)

@@ -7,11 +7,14 @@ service reports at `/metadata`. The model is loaded and checked here first: a ba
 version fails before the running service is touched. Then the version goes into the
 BentoML model store and a Bento is built around it (`poseops.bento_build`, stores under
 `<home>/bentoml`), and the service (`bentoml serve BENTO`, managed like the other
-servers) is restarted on that Bento; we wait until `/readyz` answers.
+servers) is restarted on that Bento; we wait until `/readyz` answers and `/metadata`
+names the version just deployed. Deploys run one at a time (`<home>/service/deploy.lock`),
+and a port that something poseops did not start answers on is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,9 +22,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from poseops import tracking
 from poseops.errors import PoseopsError
-from poseops.processes import ManagedServer, port_of
+from poseops.processes import ManagedServer, file_lock, port_of
 from poseops.settings import Settings
 
 SERVICE_DIR = Path(__file__).resolve().parents[2] / "bentos"
@@ -116,11 +121,33 @@ def deploy(settings: Settings, model_uri: str, runtime: str = "onnx", timeout: f
     """Serve the registered version `model_uri` (e.g. models:/poseops-pose@champion), replacing the running one."""
     from poseops.detector import ServiceConfig
 
-    version, files = fetch_version(model_uri, settings)
-    config = ServiceConfig(runtime=runtime)
-    check_model(config.with_model_files(files))  # before anything running is touched
-    bento = build_bento(files, settings, runtime)
-    server = service_server(settings, config, bento)
-    server.down()
-    server.up(timeout)
+    with deploy_lock(settings):
+        if service_server(settings).status().foreign:  # before any work: the port is not ours to serve on
+            raise DeployError(f"something poseops did not start answers at {settings.service_url}; nothing was "
+                              "deployed. Stop that server, or set POSEOPS_SERVICE_URL to another port")
+        version, files = fetch_version(model_uri, settings)
+        config = ServiceConfig(runtime=runtime)
+        check_model(config.with_model_files(files))  # before anything running is touched
+        bento = build_bento(files, settings, runtime)
+        server = service_server(settings, config, bento)
+        server.restart(timeout)
+        verify_serving(settings.service_url, version.name, str(version.version))
     return Deployment(settings.service_url, version.name, str(version.version), version.run_id, files, bento)
+
+
+def deploy_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """One deploy at a time on this home (the later one waits, then replaces the earlier one's service)."""
+    return file_lock((settings.home / "service" / "deploy.lock").resolve())
+
+
+def verify_serving(url: str, model_name: str, model_version: str) -> None:
+    """Fail unless the service at `url` reports (`/metadata`) the model version just deployed."""
+    try:
+        lineage = httpx.get(f"{url}/metadata", timeout=30).raise_for_status().json().get("lineage") or {}
+    except (httpx.HTTPError, ValueError, AttributeError) as e:
+        raise DeployError(f"the service at {url} answers, but its /metadata could not be read ({e}); "
+                          "check its log under <home>/service/server.log") from None
+    serving = (str(lineage.get("model_name")), str(lineage.get("model_version")))
+    if serving != (model_name, model_version):
+        raise DeployError(f"the service at {url} serves {serving[0]} version {serving[1]}, not the deployed "
+                          f"{model_name} version {model_version}; stop what answers there and deploy again")

@@ -18,13 +18,17 @@ from typing import Any
 
 import httpx
 
+from poseops.errors import PoseopsError
+from poseops.settings import redact, remember_secret
+
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 
 
-class DetectError(Exception):
+class DetectError(PoseopsError):
     """The service refused or failed a request (`status` None when it could not be reached)."""
 
     def __init__(self, status: int | None, error: str, message: str, url: str) -> None:
+        message = redact(message)  # a server (or a proxy) may echo the request's key back
         super().__init__(f"{url}: {status or 'no answer'} {error}: {message}")
         self.status = status
         self.error = error
@@ -45,6 +49,7 @@ class DetectClient:
         self.urls = [u.rstrip("/") for u in (url, fallback_url) if u]
         self.retries = retries
         self.backoff_s = backoff_s
+        remember_secret(api_key)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(timeout=timeout, headers=headers)
 

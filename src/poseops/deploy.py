@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import httpx
 from poseops import tracking
 from poseops.errors import PoseopsError
 from poseops.processes import ManagedServer, file_lock, port_of
-from poseops.settings import Settings
+from poseops.settings import Settings, child_env, secure_home
 
 SERVICE_DIR = Path(__file__).resolve().parents[2] / "bentos"
 
@@ -95,7 +94,7 @@ def bentoml_env(settings: Settings) -> dict[str, str]:
 def build_bento(files: Path, settings: Settings, runtime: str) -> str:
     """The model version in `files` saved to the BentoML model store and packed into a new Bento; its tag."""
     done = subprocess.run([sys.executable, "-m", "poseops.bento_build", str(files), "--runtime", runtime],
-                          env={**os.environ, **bentoml_env(settings)}, capture_output=True, text=True, check=False)
+                          env=child_env(bentoml_env(settings)), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise DeployError(f"building the Bento failed; the running service was left as it was:\n"
                           f"{done.stderr.strip()[-2000:]}")
@@ -109,6 +108,7 @@ def service_server(settings: Settings, config=None, bento: str | None = None) ->
     `bentos/` configured by `config` (a ServiceConfig).
     """
     url = settings.service_url
+    secure_home(settings.home)
     env = {**(config.to_env() if config is not None else {}), "POSEOPS_HOME": str(settings.home.resolve()),
            **bentoml_env(settings)}
     target = [bento] if bento else ["service:PoseDetector", "--working-dir", str(SERVICE_DIR)]

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from poseops.errors import PoseopsError
-from poseops.settings import Settings
+from poseops.settings import Settings, remember_secret
 
 RETRY_DELAYS = (1.0, 3.0, 8.0)
 
@@ -46,6 +46,7 @@ class LabelStudioClient:
             )
         self.url = settings.label_studio_url
         self._token = settings.label_studio_token
+        remember_secret(self._token)  # kept out of every error message, even when a server echoes the header
         self.http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Token {self._token}"},

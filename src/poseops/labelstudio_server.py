@@ -1,8 +1,10 @@
 """Start and stop a local Label Studio server in its own virtualenv.
 
 The server binds to 127.0.0.1, keeps its SQLite database and uploads under
-`<home>/labelstudio/`, and gets its admin user and API token through the
-environment (never on the command line, where `ps` would show them).
+`<home>/labelstudio/` (readable by its owner only), and gets its admin user and API
+token through the environment (never on the command line, where `ps` would show them).
+Nobody can sign up without an invite link, and local-files serving is off unless
+`POSEOPS_LABEL_STUDIO_LOCAL_FILES` names a folder to serve.
 """
 
 from __future__ import annotations
@@ -11,22 +13,24 @@ import os
 from pathlib import Path
 
 from poseops.processes import ManagedServer, ServerError, ServerStatus
-from poseops.settings import Settings
+from poseops.settings import Settings, secure_home
 
 LabelStudioServerError = ServerError
+LOCAL_FILES_KEY = "POSEOPS_LABEL_STUDIO_LOCAL_FILES"  # a folder to serve as local-files storage; unset: none
 __all__ = ["LabelStudioServerError", "ServerStatus", "answers", "down", "log_file", "server", "status", "up"]
 
 
 def server(settings: Settings) -> ManagedServer:
-    data_dir = settings.label_studio_dir.resolve()
+    data_dir = (secure_home(settings.home) / "labelstudio").resolve()
     env = {
         "LABEL_STUDIO_USERNAME": settings.label_studio_username,
         "LABEL_STUDIO_PASSWORD": settings.label_studio_password,
         "LABEL_STUDIO_USER_TOKEN": settings.label_studio_token,
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-        "LOCAL_FILES_SERVING_ENABLED": "true",
-        "LOCAL_FILES_DOCUMENT_ROOT": os.environ.get("LOCAL_FILES_DOCUMENT_ROOT", str(Path.cwd().resolve())),
+        # least privilege: accounts only through an invite link, and no folder of this machine served to them
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        **local_files_env(),
         "SENTRY_DSN": "",
         "FRONTEND_SENTRY_DSN": "",
         "COLLECT_ANALYTICS": "false",
@@ -44,6 +48,17 @@ def server(settings: Settings) -> ManagedServer:
                          command, env, cwd=data_dir,
                          hint="If the port is taken, set LABEL_STUDIO_URL to another port. The first start "
                               "migrates the database for about 90 s.")
+
+
+def local_files_env() -> dict[str, str]:
+    """Local-files serving: off (poseops uploads files), unless POSEOPS_LABEL_STUDIO_LOCAL_FILES names the folder to serve.
+
+    Set explicitly either way: left unset, Label Studio turns it on by itself where it finds a data folder.
+    """
+    root = os.environ.get(LOCAL_FILES_KEY, "").strip()
+    if not root:
+        return {"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "false", "LOCAL_FILES_SERVING_ENABLED": "false"}
+    return {"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(Path(root).resolve())}
 
 
 def log_file(settings: Settings) -> Path:

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from poseops.errors import PoseopsError
+from poseops.settings import child_env
 
 
 class ServerError(PoseopsError, RuntimeError):
@@ -50,7 +51,7 @@ class ManagedServer:
     url: str  # base URL, for people
     health_url: str  # answers 200 once the server is ready
     command: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # added to the caller's environment less its secrets
     cwd: Path | None = None
     hint: str = ""  # what to do when it fails to start
 
@@ -118,10 +119,10 @@ class ManagedServer:
             return current
         if current.pid is not None:  # ours, still starting
             return self.wait(current.pid, timeout, progress)
-        env = {**os.environ, **self.env}
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=self.cwd)
+        # no secrets but those in self.env; what the server writes (databases, logs) is its owner's only
+        with open(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
+            proc = subprocess.Popen(self.command, env=child_env(self.env), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.cwd, umask=0o077)
         tmp = self.pid_file.with_name(f".server.pid.{proc.pid}")
         tmp.write_text(f"{proc.pid} {start_time(proc.pid)!r}\n")
         tmp.replace(self.pid_file)

@@ -1,7 +1,9 @@
 """Where things are and how to reach them: read from the environment and `.env`.
 
 Secrets (the Label Studio password and API token) come only from here. They are
-never printed: `Settings.__repr__` hides them.
+never printed: `Settings.__repr__` hides them, every secret poseops reads is remembered
+so that `redact` can take it out of any text (every `PoseopsError` message goes through
+it), and child processes get them only when they need them (`child_env`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,42 @@ from pathlib import Path
 
 ENV_FILE = ".env"
 SECRET_FIELDS = {"label_studio_password", "label_studio_token"}
+# Environment variables holding secrets: kept out of every child process that does not need them.
+SECRET_ENV_KEYS = ("LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "LABEL_STUDIO_API_KEY", "POSEOPS_API_KEY")
+_SECRETS: set[str] = set()
+MIN_SECRET_LENGTH = 6  # shorter values are not redacted (they would blank out ordinary words)
+
+
+def remember_secret(value: str | None) -> None:
+    """Note a secret so that `redact` removes it from any text."""
+    if value and len(value) >= MIN_SECRET_LENGTH:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """`text` with every secret poseops knows of (remembered ones and those in the environment) replaced by ***."""
+    for key in SECRET_ENV_KEYS:
+        remember_secret(os.environ.get(key))
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process: this one's without its secrets, plus `extra` (which may add some back)."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_KEYS}
+    return {**env, **(extra or {})}
+
+
+def secure_home(home: Path) -> Path:
+    """Create the poseops home readable by its owner only (0700), and tighten an existing one and its databases."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if home.stat().st_uid == os.getuid():
+        home.chmod(0o700)
+        for db in (*home.glob("*.db"), *home.glob("*/*.db"), *home.glob("*/*.sqlite3")):
+            if db.is_file() and not db.is_symlink():
+                db.chmod(0o600)
+    return home
 
 
 # The tools' usage reporting: off (and offline it only fails loudly).
@@ -89,7 +127,10 @@ def load_settings(env_file: Path | None = None) -> Settings:
         value = os.environ.get(key) or file_values.get(key)
         if value:
             kwargs[name] = Path(value) if name in {"home", "label_studio_bin"} else value.rstrip("/") if name.endswith("url") else value
-    return Settings(**kwargs)  # type: ignore[arg-type]
+    settings = Settings(**kwargs)  # type: ignore[arg-type]
+    remember_secret(settings.label_studio_password)
+    remember_secret(settings.label_studio_token)
+    return settings
 
 
 def ensure_label_studio_credentials(env_file: Path | None = None) -> Settings:
@@ -112,3 +153,4 @@ def ensure_label_studio_credentials(env_file: Path | None = None) -> Settings:
         env_file.chmod(0o600)
         settings = load_settings(env_file)
     return settings
+

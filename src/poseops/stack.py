@@ -9,11 +9,11 @@ import os
 import sys
 
 from poseops.processes import ManagedServer, port_of
-from poseops.settings import Settings
+from poseops.settings import Settings, secure_home
 
 
 def prefect_server(settings: Settings) -> ManagedServer:
-    home = (settings.home / "prefect").resolve()
+    home = (secure_home(settings.home) / "prefect").resolve()
     url = settings.prefect_url
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                "--port", str(port_of(url, 4200)), "--analytics-off"]
@@ -26,7 +26,7 @@ def prefect_server(settings: Settings) -> ManagedServer:
 def mlflow_ui(settings: Settings) -> ManagedServer:
     from poseops.tracking import tracking_uri
 
-    state = (settings.home / "mlflow-ui").resolve()
+    state = (secure_home(settings.home) / "mlflow-ui").resolve()
     url = settings.mlflow_ui_url
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
                "--host", "127.0.0.1", "--port", str(port_of(url, 5000)), "--workers", "1"]

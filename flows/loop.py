@@ -1,81 +1,8 @@
-"""Prefect flow: the improvement loop.
-
-    pull labels → train (DVC pipeline, MLflow) → promote if at least as good → deploy → autolabel
-
-Each step is a subflow with its own artifact. The loop stops with a clear reason at the
-ready gate, and never deploys a model that lost to the champion: the service keeps
-running the champion, which then pre-labels the new tasks.
-"""
-
-from __future__ import annotations
+"""Entry point of the `improvement-loop` flow (poseops.flows.loop): python flows/loop.py NAME"""
 
 import sys
-from pathlib import Path
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
-
-from flows.autolabel import autolabel
-from flows.deploy import deploy
-from flows.pull_labels import artifact_key, pull_labels
-from flows.train import train_flow
-from poseops.deploy import service_server
-from poseops.params import load_params, parse_override
-from poseops.pull import NotReady
-from poseops.settings import load_settings
-
-
-@flow(name="improvement-loop")
-def improvement_loop(dataset: str = "demo-people", root: str = ".", overrides: list[str] | None = None,
-                     autolabel_new: bool = True) -> dict:
-    """Pull → train → promote if better → deploy → autolabel, each step a subflow."""
-    log = get_run_logger()
-    settings = load_settings()
-    summary: dict = {"dataset": dataset, "steps": []}
-
-    def finish(outcome: str) -> dict:
-        summary["outcome"] = outcome
-        create_markdown_artifact(key=artifact_key("loop", dataset), markdown=loop_markdown(summary),
-                                 description=f"improvement loop of {dataset}")
-        return summary
-
-    try:
-        pulled = pull_labels(dataset=dataset, params_file=str(Path(root) / "params.yaml"))
-    except NotReady as e:
-        summary["steps"].append(("pull labels", f"stopped: {e}"))
-        log.warning("stopped at the ready gate: %s", e)
-        return finish("stopped at the ready gate")
-    summary["steps"].append(("pull labels", f"dataset version {pulled['dvc_md5']} "
-                                            f"({pulled['train_images']} train / {pulled['val_images']} val)"))
-
-    overrides = [f"dataset.name={dataset}", f"dataset.dir={pulled['dataset_dir']}", *(overrides or [])]
-    trained = train_flow(root=root, overrides=overrides, promote=True)
-    promotion = trained.get("promotion") or {}
-    metrics = trained.get("metrics") or {}
-    summary["steps"].append(("train", f"model version {trained.get('version')}, run {trained.get('run_id')}, "
-                                      f"pose mAP50-95 {metrics.get('pose_mAP50-95')}"))
-    summary["steps"].append(("promote", promotion.get("reason", "not compared")))
-
-    service_up = service_server(settings).answers()
-    if promotion.get("promoted") or not service_up:
-        params = load_params(Path(root) / "params.yaml", dict(map(parse_override, overrides)))
-        champion = f"models:/{params.mlflow.registered_model}@{params.promote.alias}"
-        deployed = deploy(model_uri=champion)
-        summary["steps"].append(("deploy", f"{deployed['model']} (Bento {deployed['bento']}) at {deployed['url']}"))
-    else:
-        summary["steps"].append(("deploy", "kept the running service: the new model is not better than the champion"))
-
-    if autolabel_new:
-        labeled = autolabel(dataset=dataset, service_url=settings.service_url, params_file=str(Path(root) / "params.yaml"))
-        summary["steps"].append(("autolabel", f"{labeled['predicted']} task(s) pre-labeled by {labeled['model_version']}"))
-    return finish("completed")
-
-
-def loop_markdown(summary: dict) -> str:
-    lines = [f"## Improvement loop: {summary['outcome']}", "", "| step | result |", "|---|---|"]
-    lines += [f"| {step} | {result} |" for step, result in summary["steps"]]
-    return "\n".join(lines) + "\n"
-
+from poseops.cli import app
 
 if __name__ == "__main__":
-    improvement_loop(dataset=sys.argv[1] if len(sys.argv) > 1 else "demo-people")
+    app(["loop", *sys.argv[1:]])

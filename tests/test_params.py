@@ -14,22 +14,51 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_params_are_valid_and_match_the_code_defaults():
+    """The shipped file says what the code's defaults say (the demo's dataset and schedules apart)."""
     params = load_params(ROOT / "params.yaml")
-    assert params == dataclasses.replace(Params(), pull=params.pull, autolabel=params.autolabel, schedules=params.schedules)
+    assert params == dataclasses.replace(Params(), schedules=params.schedules)
     assert (params.train.epochs, params.train.batch, params.train.imgsz) == (300, 16, 640)
     assert params.train.augment.fliplr == 0.5 and params.device == "cpu"
 
 
-def test_sections_owned_elsewhere_pass_through_unlogged():
+def test_pull_autolabel_and_schedules_are_typed_and_unlogged():
+    from poseops.autolabel import AutolabelOptions
     from poseops.pull import pull_options
 
-    params = load_params(ROOT / "params.yaml")
-    assert pull_options(params.pull).min_images == params.pull["min_images"]  # the shipped section suits its owner
     p = parse_params({"pull": {"min_images": 4}, "autolabel": {"workers": 2}, "schedules": {"loop": None}})
-    assert p.pull == {"min_images": 4} and p.autolabel == {"workers": 2}
+    assert pull_options(p.pull).min_images == 4 and pull_options(p.pull, min_images=6).min_images == 6
+    assert AutolabelOptions.of(p.autolabel).workers == 2 and p.autolabel.batch_size == 16
+    assert p.schedules.loop is None and p.schedules.autolabel == "0 * * * *"
     assert not any(k.startswith(("pull.", "autolabel.", "schedules.")) for k in p.flat())
     with pytest.raises(ParamsError, match="'pull' must be a section"):
         parse_params({"pull": 5})
+
+
+@pytest.mark.parametrize(("doc", "error"), [
+    ({"pull": {"min_images": 1}}, r"'pull.min_images' is 1; it must be ≥ 2"),
+    ({"pull": {"val_fraction": 1.0}}, r"'pull.val_fraction' is 1.0; it must be between 0.01 and 0.99"),
+    ({"pull": {"workers": "8"}}, r"'pull.workers' must be an integer"),
+    ({"pull": {"min_image": 4}}, r"unknown key 'pull.min_image'.*did you mean 'pull.min_images'"),
+    ({"autolabel": {"task_runner": "spark"}}, r"'autolabel.task_runner' is 'spark'; allowed: threads, dask"),
+    ({"autolabel": {"conf_thres": 1.5}}, r"'autolabel.conf_thres' is 1.5; it must be between 0.0 and 1.0"),
+    ({"schedules": {"loop": "every night"}}, r"'schedules.loop' is 'every night'; it must be a cron string"),
+    ({"schedules": {"service_url": "127.0.0.1:3000"}}, r"'schedules.service_url' .* must be an http\(s\) URL"),
+    ({"schedules": {"hourly": "0 * * * *"}}, r"unknown key 'schedules.hourly'"),
+])
+def test_bad_pull_autolabel_schedules_values_name_the_key(doc, error):
+    with pytest.raises(ParamsError, match=error):
+        parse_params(doc)
+
+
+def test_params_file_kept_after_a_run_that_rewrites_it(tmp_path):
+    from poseops.params import file_kept
+
+    path = tmp_path / "params.yaml"
+    original = b"schedules:\n  loop: '0 3 * * *'   # nightly\n"
+    path.write_bytes(original)
+    with file_kept(path):
+        path.write_text("schedules:\n  loop: 0 3 * * *\ntrain:\n  epochs: 3\n")
+    assert path.read_bytes() == original
 
 
 def test_every_param_dvc_yaml_names_exists():

@@ -8,13 +8,18 @@ sampling), so annotators fix the model where it is weakest.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES
 from poseops.datasets import image_size
+from poseops.errors import PoseopsError
 from poseops.labelstudio import LabelStudioClient
+from poseops.params import AutolabelParams
 from poseops.regions import Pose, poses_to_results
 from poseops.skeleton import Skeleton
 
@@ -22,13 +27,24 @@ Detections = list[dict[str, Any]]
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
 
+class AutolabelError(PoseopsError, ValueError):
+    """An autolabel run that cannot start; the message says what to give."""
+
+
 @dataclass(frozen=True)
 class AutolabelOptions:
-    conf_thres: float = 0.25
-    iou_thres: float = 0.45
-    keypoint_conf: float = 0.5  # keypoints below this confidence are left for the annotator to place
+    """The `autolabel` section of params.yaml (defaults there) plus what one run decides."""
+
+    conf_thres: float = DEFAULT_CONF_THRES
+    iou_thres: float = DEFAULT_IOU_THRES
+    keypoint_conf: float = AutolabelParams.keypoint_conf  # keypoints below this are left for the annotator
     redo: bool = False  # also tasks that already have a prediction from this model version
-    workers: int = 4
+    workers: int = AutolabelParams.workers
+
+    @classmethod
+    def of(cls, section: AutolabelParams, redo: bool = False) -> AutolabelOptions:
+        return cls(conf_thres=section.conf_thres, iou_thres=section.iou_thres, keypoint_conf=section.keypoint_conf,
+                   redo=redo, workers=section.workers)
 
 
 @dataclass
@@ -147,3 +163,65 @@ def label_tasks(
         return
     for task, _, score in predicted:
         report.predicted[task["id"]] = score
+
+
+# --- the model that labels: the running service, or weights in this process ---------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _local_model(weights: str, skeleton_path: str):
+    """The model in this process (one per worker process), loaded once."""
+    from poseops.inference import PoseModel
+    from poseops.skeleton import load_skeleton
+
+    return PoseModel(weights, load_skeleton(skeleton_path))
+
+
+def detector(service_url: str | None, weights: str | None, skeleton_path: str,
+             options: AutolabelOptions) -> Callable[[bytes], Detections]:
+    """bytes → detections, through the service or the local model."""
+    if service_url:
+        from poseops.client import DetectClient
+
+        client = DetectClient(service_url)
+        return lambda image: client.detect(image, conf_thres=options.conf_thres, iou_thres=options.iou_thres)
+    import cv2
+    import numpy as np
+
+    model = _local_model(str(weights), skeleton_path)
+
+    def detect(image: bytes) -> Detections:
+        array = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+        return model.detect(array, options.conf_thres, options.iou_thres)
+
+    return detect
+
+
+def model_version_of(service_url: str | None, weights: str | None) -> str:
+    """The registered model version the service runs (from its metadata), or the weights file's identity."""
+    if service_url:
+        from poseops.client import DetectClient
+
+        with DetectClient(service_url) as client:
+            meta = client.metadata()
+        model = meta.get("model") or {}
+        name, version = model.get("name"), model.get("version")
+        if name and version:
+            return f"{name}:{version}"
+        return f"{model.get('weights', 'model')}@{str(model.get('sha256', ''))[:12]}"
+    from poseops.inference import file_sha256
+    from poseops.weights import resolve_weights
+
+    path = Path(resolve_weights(str(weights)))
+    return f"{path.name}@{file_sha256(path)[:12]}"
+
+
+def slim(task: dict) -> dict:
+    """What a batch needs of a task (flow parameters travel serialized, so keep them small)."""
+    data = task.get("data") or {}
+    return {"id": task["id"], "data": {k: data[k] for k in ("image", "sha256") if k in data},
+            "predictions": [{"id": p["id"], "model_version": p.get("model_version")} for p in task.get("predictions") or []]}
+
+
+def batches_of(tasks: list[dict], size: int) -> list[list[dict]]:
+    return [tasks[i:i + size] for i in range(0, len(tasks), size)]

@@ -7,21 +7,18 @@ line and exit 1, without a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from poseops import labelstudio_server
-from poseops.settings import ensure_label_studio_credentials, load_settings, quiet_telemetry
-from poseops.skeleton import SkeletonError, load_skeleton
+from poseops.cli_common import console, err_console, fail, flow, progress_bar, user_errors
+from poseops.settings import apply_env_file, ensure_label_studio_credentials, load_settings, quiet_telemetry
+from poseops.skeleton import load_skeleton
 
-quiet_telemetry()
 app = typer.Typer(help="poseops: skeleton spec → Label Studio → dataset → YOLO-pose → service → pre-labels.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 labelstudio_app = typer.Typer(help="Run a local Label Studio server (its own virtualenv, 127.0.0.1).", no_args_is_help=True)
@@ -29,38 +26,12 @@ dataset_app = typer.Typer(help="Datasets: one Label Studio project each, made fr
 app.add_typer(labelstudio_app, name="labelstudio")
 app.add_typer(dataset_app, name="dataset")
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
-# Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (SkeletonError, labelstudio_server.LabelStudioServerError)
-
-
-def user_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from poseops.datasets import DatasetError
-        from poseops.deploy import DeployError
-        from poseops.labelstudio import LabelStudioError
-        from poseops.params import ParamsError
-        from poseops.processes import ServerError
-        from poseops.pull import NotReady, PullError
-        from poseops.tracking import TrackingError
-        from poseops.training import TrainingError
-
-        try:
-            return fn(*args, **kwargs)
-        except (*USER_ERRORS, DatasetError, LabelStudioError, NotReady, PullError, DeployError, ParamsError,
-                ServerError, TrackingError, TrainingError) as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=False)
+@app.callback()
+def settings_first() -> None:
+    """Every command obeys the same settings: the environment, then `.env`, then the defaults."""
+    apply_env_file()
+    quiet_telemetry()
 
 
 # --- skeleton and labeling config ---------------------------------------------------
@@ -177,20 +148,19 @@ def server_commands(name: str, factory_name: str, what: str) -> typer.Typer:
 
 server_commands("prefect", "prefect_server", "the Prefect server (API, UI, schedules)")
 server_commands("mlflow", "mlflow_ui", "the MLflow UI over the tracking store")
+server_commands("service", "detection_service", "the deployed detection service (`poseops deploy` starts it)")
 
 
 @app.command("serve-flows")
 @user_errors
 def serve_flows() -> None:
     """Serve every flow as a Prefect deployment with its schedule (params.yaml `schedules`); runs until stopped."""
-    from flows.serve import serve_all
-    from poseops.stack import use_prefect_server
+    from poseops.stack import connect_prefect
 
     settings = load_settings()
-    if not use_prefect_server(settings):
-        err_console.print("[bold red]error:[/] no Prefect server answers: start one with `poseops prefect up` "
-                          "(or set PREFECT_API_URL)")
-        raise typer.Exit(1)
+    if not connect_prefect(settings):
+        raise fail("no Prefect server answers: start one with `poseops prefect up` (or set PREFECT_API_URL)")
+    serve_all = flow("serve.serve_all")
     console.print(f"serving the flows; see them at {settings.prefect_url}/deployments (Ctrl-C stops)")
     serve_all()
 
@@ -225,7 +195,7 @@ def dataset_create(
 @user_errors
 def dataset_upload(
     name: Annotated[str, typer.Argument(help="Dataset name")],
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (jpg, png, webp, bmp)")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (jpg, png, webp, bmp, tif)")],
     workers: Annotated[int, typer.Option(help="Parallel uploads")] = 4,
 ) -> None:
     """Upload images as tasks, each with a template pre-label; duplicates and unreadable files are skipped."""
@@ -279,17 +249,16 @@ def convert(
     val_fraction: Annotated[float, typer.Option(help="Share of images for validation (by content hash)")] = 0.2,
 ) -> None:
     """Convert a Label Studio export into a YOLO-pose dataset (labels, images, data.yaml)."""
-    from poseops.convert import ExportError, convert_export, load_export, match_images
+    from poseops.convert import convert_export, load_export, match_images
 
+    tasks = load_export(export)
+    spec = load_skeleton(skeleton)
+    paths, missing = match_images(tasks, images)
+    labeled = [t for t in tasks if t.get("id") in paths]
     try:
-        tasks = load_export(export)
-        spec = load_skeleton(skeleton)
-        paths, missing = match_images(tasks, images)
-        labeled = [t for t in tasks if t.get("id") in paths]
         report = convert_export(labeled, spec, paths, out, val_fraction=val_fraction)
-    except (ExportError, FileExistsError, NotADirectoryError) as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(1) from None
+    except (FileExistsError, NotADirectoryError) as e:
+        raise fail(str(e)) from None
     if missing:
         err_console.print(f"[yellow]warning:[/] no image in {escape(str(images))} for {len(missing)} task(s): "
                           f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}", highlight=False)
@@ -312,10 +281,7 @@ def pull(
     params: Annotated[Path, typer.Option(help="params.yaml with the `pull` section")] = Path("params.yaml"),
 ) -> None:
     """Pull a dataset's labels from Label Studio into data/NAME (YOLO-pose), checked and versioned with DVC."""
-    from flows.pull_labels import pull_labels
-    from poseops.stack import use_prefect_server
-
-    use_prefect_server(load_settings())
+    pull_labels = flow("pull_labels.pull_labels")
     summary = pull_labels(dataset=name, params_file=str(params), allow_unlabeled=allow_unlabeled or None, version=version)
     for warning in summary["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
@@ -337,13 +303,9 @@ def autolabel(
     params: Annotated[Path, typer.Option(help="params.yaml with the `autolabel` section")] = Path("params.yaml"),
 ) -> None:
     """Pre-label every task nobody labeled with the model's predictions; least confident first in the queue."""
-    from flows.autolabel import autolabel as autolabel_flow
-    from poseops.stack import use_prefect_server
-
-    use_prefect_server(load_settings())
     if not url and not weights:
-        err_console.print("[bold red]error:[/] give the service's URL (--url) or a weights file (--weights)")
-        raise typer.Exit(1)
+        raise fail("give the service's URL (--url) or a weights file (--weights)")
+    autolabel_flow = flow("autolabel.autolabel")
     summary = autolabel_flow(dataset=name, service_url=url, weights=weights, model_version=model_version, redo=redo,
                              params_file=str(params))
     console.print(f"{summary['model_version']}: pre-labeled {summary['predicted']} task(s) of {name!r}; "
@@ -357,15 +319,13 @@ def autolabel(
 @app.command("deploy")
 @user_errors
 def deploy(
-    model: Annotated[str, typer.Option(help="Registered version: models:/NAME@ALIAS or models:/NAME/VERSION")] = "models:/poseops-pose@champion",
+    model: Annotated[str | None, typer.Option(help="Registered version: models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion of params.yaml's registered model)")] = None,
     runtime: Annotated[str, typer.Option(help="onnx (CPU, default) or torch")] = "onnx",
+    params: Annotated[Path, typer.Option(help="params.yaml (mlflow.registered_model, promote.alias)")] = Path("params.yaml"),
 ) -> None:
     """Serve a registered model version (restarting the running service); a version that does not load changes nothing."""
-    from flows.deploy import deploy as deploy_flow
-    from poseops.stack import use_prefect_server
-
-    use_prefect_server(load_settings())
-    done = deploy_flow(model_uri=model, runtime=runtime)
+    deploy_flow = flow("deploy.deploy")
+    done = deploy_flow(model_uri=model, runtime=runtime, params_file=str(params))
     console.print(f"serving {done['model']} (Bento {done['bento']}) at {done['url']}  "
                   f"(playground {done['url']}/, API docs {done['url']}/docs)")
 
@@ -378,10 +338,7 @@ def loop(
     autolabel_new: Annotated[bool, typer.Option("--autolabel/--no-autolabel", help="Pre-label new tasks at the end")] = True,
 ) -> None:
     """The improvement loop once: pull → train → promote if better → deploy → autolabel."""
-    from flows.loop import improvement_loop
-    from poseops.stack import use_prefect_server
-
-    use_prefect_server(load_settings())
+    improvement_loop = flow("loop.improvement_loop")
     summary = improvement_loop(dataset=name, overrides=override or [], autolabel_new=autolabel_new)
     for step, result in summary["steps"]:
         console.print(f"{step:<12} {result}", highlight=False)

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from poseops.cli_common import user_errors
+from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from poseops.detector import DEFAULT_SKELETON, DEFAULT_WEIGHTS
+from poseops.errors import PoseopsError
 
 if TYPE_CHECKING:
     import numpy as np
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 WeightsOpt = Annotated[str, typer.Option(help="a .pt checkpoint or .onnx export (bare names are looked up in POSEOPS_WEIGHTS_DIR)")]
 SkeletonOpt = Annotated[Path, typer.Option(help="the skeleton spec the model was trained with")]
@@ -67,8 +68,7 @@ def serve(
     try:
         Detector(config)  # checks paths, spec, keys and lineage now, before the server starts
     except (ValueError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise PoseopsError(str(e)) from None
     env = {**os.environ, **config.to_env(), "POSEOPS_HOME": str(poseops_home().resolve())}
     command = [
         sys.executable, "-m", "bentoml", "serve", "service:PoseDetector",
@@ -88,11 +88,11 @@ def serve(
 
 def detect(
     image: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="image file")],
-    url: Annotated[str, typer.Option(envvar="POSEOPS_URL", help="service URL")] = "http://127.0.0.1:3000",
+    url: Annotated[str | None, typer.Option(help="service URL (default: POSEOPS_SERVICE_URL, the deployed service)")] = None,
     fallback_url: Annotated[str | None, typer.Option(envvar="POSEOPS_FALLBACK_URL", help="tried when the main URL keeps failing")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="POSEOPS_API_KEY", help="API key (better given by POSEOPS_API_KEY)")] = None,
-    conf_thres: ConfOpt = 0.25,
-    iou_thres: IouOpt = 0.45,
+    conf_thres: ConfOpt = DEFAULT_CONF_THRES,
+    iou_thres: IouOpt = DEFAULT_IOU_THRES,
     ocr_model: Annotated[str | None, typer.Option(help="small | medium | large")] = None,
     ocr_classes: Annotated[str | None, typer.Option(help="comma-separated classes whose crops to read")] = None,
     ocr_language: Annotated[str | None, typer.Option(help="language code (Tesseract-style), e.g. deu; /metadata lists each model's")] = None,
@@ -100,14 +100,12 @@ def detect(
     retries: Annotated[int, typer.Option(help="retries per URL on connection errors and 5xx")] = 3,
 ) -> None:
     """Send one image to a running service and print its detections as JSON."""
-    from poseops.client import DetectClient, DetectError
+    from poseops.client import DetectClient
+    from poseops.settings import load_settings
 
-    try:
-        with DetectClient(url, fallback_url, api_key, timeout=timeout, retries=retries) as client:
-            detections = client.detect(image, conf_thres, iou_thres, ocr_model, ocr_classes, ocr_language)
-    except DetectError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    with DetectClient(url or load_settings().service_url, fallback_url, api_key, timeout=timeout,
+                      retries=retries) as client:
+        detections = client.detect(image, conf_thres, iou_thres, ocr_model, ocr_classes, ocr_language)
     typer.echo(json.dumps(detections, indent=2))
 
 
@@ -163,26 +161,22 @@ def predict(
     skeleton: SkeletonOpt = Path(DEFAULT_SKELETON),
     runtime: RuntimeOpt = "onnx",
     imgsz: Annotated[int, typer.Option(help="model input size")] = 640,
-    conf_thres: ConfOpt = 0.25,
-    iou_thres: IouOpt = 0.45,
+    conf_thres: ConfOpt = DEFAULT_CONF_THRES,
+    iou_thres: IouOpt = DEFAULT_IOU_THRES,
     save_dir: Annotated[Path | None, typer.Option(help="write annotated images (and .mp4 for videos) here")] = None,
 ) -> None:
     """Run the model in this process over images, folders and videos; write JSON lines."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from poseops.inference import ModelError, PoseModel, draw_detections
+    from poseops.inference import PoseModel, draw_detections
     from poseops.skeleton import load_skeleton
 
-    try:
-        sources = collect_sources(paths)
-        if not sources:
-            raise ValueError(f"no image or video files in {', '.join(map(str, paths))}")
-        spec = load_skeleton(skeleton)
-        model = PoseModel(weights, spec, runtime, imgsz)
-    except (ValueError, ModelError) as e:  # SkeletonError is a ValueError
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    sources = collect_sources(paths)
+    if not sources:
+        raise PoseopsError(f"no image or video files in {', '.join(map(str, paths))}")
+    spec = load_skeleton(skeleton)
+    model = PoseModel(weights, spec, runtime, imgsz)
     out.parent.mkdir(parents=True, exist_ok=True)
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -244,15 +238,14 @@ def api_key(
     try:
         key = add_key(path, name, monthly_quota)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise PoseopsError(str(e)) from None
     typer.echo(f"added {name!r} to {path}; serve with --api-keys {path}. The key (shown only now):", err=True)
     typer.echo(key)
 
 
 def load_test(
     paths: Annotated[list[Path], typer.Argument(exists=True, help="images or folders of them to send in turn")],
-    url: Annotated[str | None, typer.Option(envvar="POSEOPS_URL", help="service URL (default: the deployed service, POSEOPS_SERVICE_URL)")] = None,
+    url: Annotated[str | None, typer.Option(help="service URL (default: the deployed service, POSEOPS_SERVICE_URL)")] = None,
     clients: Annotated[int, typer.Option(min=1, max=64, help="concurrent clients")] = 4,
     seconds: Annotated[float, typer.Option(min=1, max=3600, help="how long to send")] = 60.0,
     max_requests: Annotated[int, typer.Option(min=1, help="stop after this many requests in all")] = 10_000,
@@ -276,8 +269,7 @@ def load_test(
     try:
         result = run_load(url, images, clients, seconds, max_requests, headers, pid)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise PoseopsError(str(e)) from None
     summary = result.summary()
     typer.echo(json.dumps(summary))
     for failure in result.failures[:5]:
@@ -288,11 +280,9 @@ def load_test(
 
 def register(app: typer.Typer) -> None:
     """Add the service commands to the `poseops` CLI."""
-    app.command("serve")(serve)
-    app.command("detect")(detect)
-    app.command("predict")(predict)
-    app.command("api-key")(api_key)
-    app.command("load-test")(load_test)
+    for name, command in (("serve", serve), ("detect", detect), ("predict", predict), ("api-key", api_key),
+                          ("load-test", load_test)):
+        app.command(name)(user_errors(command))
 
 
 if __name__ == "__main__":

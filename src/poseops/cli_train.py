@@ -5,49 +5,17 @@ Wired into the main CLI with `cli_train.register(app)`.
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+from poseops.cli_common import console, err_console, flow, user_errors
 
 
-def _user_errors(fn):
-    """Known problems print one line and exit 1; anything else keeps its traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from poseops.params import ParamsError
-        from poseops.skeleton import SkeletonError
-        from poseops.tracking import TrackingError, store_problem, tracking_uri
-        from poseops.training import TrainingError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ParamsError, TrainingError, TrackingError, SkeletonError) as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the training's run is already ended as KILLED
-            err_console.print(f"[yellow]interrupted ({escape(str(e) or 'Ctrl-C')}): `poseops train --resume` goes on "
-                              "from the last finished epoch[/]", highlight=False)
-            raise typer.Exit(130) from None
-        except Exception as e:
-            problem = store_problem(tracking_uri(), e)
-            if problem is None:
-                raise
-            err_console.print(f"[bold red]error:[/] {escape(problem)}; then run again", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-@_user_errors
+@user_errors
 def train(
     overrides: Annotated[list[str] | None, typer.Option("--set", "-S", help="Override a param: section.key=value, e.g. train.epochs=3 (repeatable)")] = None,
     root: Annotated[Path, typer.Option(help="Project root with params.yaml (and dvc.yaml)")] = Path("."),
@@ -57,34 +25,31 @@ def train(
 ) -> None:
     """Train YOLO-pose: prepare → train → evaluate → export, tracked in MLflow, registered, then promoted if better.
 
-    An interrupted training with the same params resumes by itself; `--resume` insists on it.
+    An interrupted training with the same params resumes by itself; `--resume` insists on it. `-S` overrides
+    hold for this run only: params.yaml is left as it was.
     """
-    from poseops import tracking, training
-    from poseops.params import load_params, parse_override
+    from poseops import training
 
-    overrides = list(overrides or [])
-    params = load_params(root / "params.yaml", dict(map(parse_override, overrides)))  # refuse bad params before work
-    tracking.check_store()  # an unreachable or locked store fails here, before any training time
-    mlc = tracking.client()
-    if resume:
-        found = training.interrupted_training(params, root, mlc=mlc)
-        console.print(f"resuming from {found['last']} after epoch {found['epochs_done']} "
-                      f"(interrupted MLflow run {found['run_id']})")
-    if dvc and training.is_dvc_repo(root):
-        training.dvc_repro(root, overrides)
-    else:
-        if dvc:
-            err_console.print(f"[yellow]{root.resolve()} is not a DVC repository (dvc init): running the stages here[/]")
-        training.run_stages(params, root)
-    out = training.pipeline_outputs(root)
-    console.print(f"MLflow run {out['run_id']}: {tracking.run_url(mlc, out['run_id'])}")
+    if dvc and not training.is_dvc_repo(root):
+        console.print(f"[yellow]{root.resolve()} is not a DVC repository (dvc init): running the stages here[/]")
+    train_flow = flow("train.train_flow")
+    try:
+        out = train_flow(root=str(root), overrides=list(overrides or []), use_dvc=dvc and training.is_dvc_repo(root),
+                         promote=promote, resume=resume)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the training's run is already ended as KILLED
+        err_console.print("[yellow]`poseops train --resume` goes on from the last finished epoch[/]")
+        raise
+    if out["resumed"]:
+        console.print(f"resumed from {out['resumed']['last']} after epoch {out['resumed']['epochs_done']} "
+                      f"(interrupted MLflow run {out['resumed']['run_id']})")
+    console.print(f"MLflow run {out['run_id']}: {out['run_url']}")
     console.print(f"registered models:/{out['model']}/{out['version']}")
     console.print_json(json.dumps(out["metrics"]))
-    if params.promote.auto if promote is None else promote:
-        _print_promotion(training.promote(params, root, version=out["version"], mlc=mlc))
+    if out["promotion"]:
+        _print_promotion(**{k: out["promotion"][k] for k in ("candidate_version", "promoted", "reason")})
 
 
-@_user_errors
+@user_errors
 def promote(
     version: Annotated[str | None, typer.Option(help="Model version to consider (default: the one this workspace's pipeline registered)")] = None,
     min_improvement: Annotated[float | None, typer.Option(help="Override promote.min_improvement (0: at least as good)")] = None,
@@ -96,12 +61,13 @@ def promote(
 
     overrides = {} if min_improvement is None else {"promote.min_improvement": min_improvement}
     params = load_params(root / "params.yaml", overrides)
-    _print_promotion(training.promote(params, root, version=version))
+    p = training.promote(params, root, version=version)
+    _print_promotion(p.candidate_version, p.promoted, p.reason)
 
 
-def _print_promotion(p) -> None:
-    verdict = "[green]promoted[/]" if p.promoted else "[yellow]not promoted[/]"
-    console.print(f"version {p.candidate_version}: {verdict} ({escape(p.reason)})")
+def _print_promotion(candidate_version: str, promoted: bool, reason: str) -> None:
+    verdict = "[green]promoted[/]" if promoted else "[yellow]not promoted[/]"
+    console.print(f"version {candidate_version}: {verdict} ({escape(reason)})")
 
 
 def register(app: typer.Typer) -> None:

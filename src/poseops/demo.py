@@ -143,7 +143,7 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print) -> DemoResu
     for server in (stack.prefect_server(settings), stack.mlflow_ui(settings)):
         say(f"{server.name}: starting or finding it at {server.url}")
         server.up()
-    stack.use_prefect_server(settings)
+    stack.connect_prefect(settings)
 
     spec = PROJECT_ROOT / "label_config" / "skeletons" / "person.yaml"
     skeleton = load_skeleton(spec)
@@ -160,7 +160,7 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print) -> DemoResu
     workspace = make_workspace(home / "demo", DEMO_PARAMS)
     say(f"workspace {workspace}: the DVC pipeline, demo-sized params, git + DVC")
     os.chdir(workspace)
-    from flows.loop import improvement_loop
+    from poseops.flows.loop import improvement_loop
 
     say("the improvement loop: pull → train (3 epochs, CPU) → register → promote → deploy → autolabel ...")
     loop = improvement_loop(dataset=DEMO_DATASET, root=str(workspace))

@@ -18,10 +18,12 @@ the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import re
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +261,11 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def champion_uri(self) -> str:
+        """The registered model's champion: what deploy serves by default."""
+        return f"models:/{self.mlflow.registered_model}@{self.promote.alias}"
+
     def flat(self) -> dict[str, Any]:
         """`section.key: value` pairs (what MLflow logs as params), secrets never included."""
         training = {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING}
@@ -275,13 +282,20 @@ class Params:
 # --- loading ------------------------------------------------------------------------------
 
 
-def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
-    """Read and validate a params file; `overrides` (`{"train.epochs": 3}`) are applied on top."""
+def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None,
+                missing_ok: bool = False) -> Params:
+    """Read and validate a params file; `overrides` (`{"train.epochs": 3}`) are applied on top.
+
+    `missing_ok`: no file means every default (the commands that work outside a pipeline checkout).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ParamsError(f"{path}: no such params file; run from the project root or pass its path") from None
+        if missing_ok:
+            text = ""
+        else:
+            raise ParamsError(f"{path}: no such params file; run from the project root or pass its path") from None
     try:
         doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -289,6 +303,18 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         _set_dotted(doc, dotted.split("."), value)
     return parse_params(doc, source=str(path))
+
+
+@contextlib.contextmanager
+def file_kept(path: str | Path) -> Iterator[None]:
+    """Put the params file back byte for byte afterwards (`dvc exp run -S` writes its overrides into it)."""
+    path = Path(path)
+    before = path.read_bytes() if path.is_file() else None
+    try:
+        yield
+    finally:
+        if before is not None and (not path.is_file() or path.read_bytes() != before):
+            path.write_bytes(before)
 
 
 def parse_params(doc: Any, source: str = PARAMS_FILE) -> Params:

@@ -154,3 +154,16 @@ def ensure_label_studio_credentials(env_file: Path | None = None) -> Settings:
         settings = load_settings(env_file)
     return settings
 
+
+def apply_env_file(env_file: Path | None = None) -> None:
+    """Put `.env`'s settings into this process's environment, below what the environment already says.
+
+    Every command then obeys the same settings with the same precedence (environment, then
+    `.env`, then defaults), including the tools that read their own variables (Ultralytics'
+    YOLO_OFFLINE, POSEOPS_WEIGHTS_DIR, MLFLOW_TRACKING_URI, PREFECT_API_URL). The secrets stay
+    out: `load_settings` reads them from the file, and child processes never inherit them.
+    """
+    secret_keys = {_ENV_KEYS[name] for name in SECRET_FIELDS}
+    for key, value in read_env_file(env_file or Path(ENV_FILE)).items():
+        if key not in secret_keys and value and not os.environ.get(key):
+            os.environ[key] = value

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from poseops.processes import ManagedServer, port_of
 from poseops.settings import Settings, secure_home
@@ -34,11 +35,30 @@ def mlflow_ui(settings: Settings) -> ManagedServer:
                          hint="If the port is taken, set POSEOPS_MLFLOW_UI_URL to another port.")
 
 
-def use_prefect_server(settings: Settings) -> bool:
-    """Send flow runs to our Prefect server when it runs (so they show in its UI); else Prefect's ephemeral API."""
+def connect_prefect(settings: Settings) -> bool:
+    """Point Prefect at the server poseops runs, before anything imports Prefect (it reads its settings then).
+
+    Prefect's own state (the temporary server's database when none runs) stays under
+    `<home>/prefect`. Returns whether flow runs will show in a running server's UI.
+    """
+    os.environ.setdefault("PREFECT_HOME", str((settings.home / "prefect").resolve()))
     if os.environ.get("PREFECT_API_URL"):
         return True
     if prefect_server(settings).answers():
         os.environ["PREFECT_API_URL"] = f"{settings.prefect_url}/api"
         return True
     return False
+
+
+def detection_service(settings: Settings) -> ManagedServer:
+    """The detection service on the Bento `poseops deploy` built last (BentoML's `latest` of the `poseops` Bento)."""
+    from poseops.deploy import DeployError, bentoml_env, service_server
+
+    latest = Path(bentoml_env(settings)["BENTOML_HOME"]) / "bentos" / "poseops" / "latest"
+    if not latest.is_file():
+        server = service_server(settings)
+        if not server.answers():
+            raise DeployError(f"no Bento deployed yet and nothing answers at {settings.service_url}: run "
+                              "`poseops deploy` (it builds the Bento and starts the service)")
+        return server
+    return service_server(settings, bento=f"poseops:{latest.read_text().strip()}")

@@ -1,0 +1,77 @@
+"""Flow `pull-labels`: a Label Studio project → a checked, DVC-versioned YOLO-pose dataset.
+
+    poseops pull NAME
+
+The steps live in `poseops.pull`; this flow runs them as tasks (retries on the Label
+Studio calls only), holds the dataset's lock, and publishes the summary artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from poseops import pull as steps
+from poseops.datasets import load_record, project_of
+from poseops.flows.retries import ATTEMPTS, NETWORK_RETRIES, label_studio
+from poseops.labelstudio import LabelStudioError, LabelStudioRefused
+from poseops.params import load_params
+from poseops.reports import PullSummary, artifact_key, pull_markdown
+from poseops.settings import load_settings
+
+
+@task(**NETWORK_RETRIES)
+def export_labels(dataset: str) -> steps.Snapshot:
+    with label_studio(load_settings()) as client:
+        return steps.export_snapshot(client, project_of(client, dataset).id)
+
+
+@task
+def check_ready(snapshot: steps.Snapshot, options: steps.PullOptions, dataset: str) -> steps.Readiness:
+    ready = steps.check_ready(snapshot.tasks, options, dataset)
+    for warning in ready.warnings:
+        get_run_logger().warning(warning)
+    return ready
+
+
+@task(**NETWORK_RETRIES)
+def fetch_images(labeled: list[dict], workers: int) -> tuple[dict[int, Path], int]:
+    settings = load_settings()
+    with label_studio(settings) as client:
+        images, downloaded = steps.fetch_images(client, labeled, steps.ImageCache(settings.home / "cache" / "images"),
+                                                workers=workers)
+    get_run_logger().info("images: %d (%d downloaded, the rest from the cache)", len(images), downloaded)
+    return images, downloaded
+
+
+@task
+def build_dataset(dataset: str, options: steps.PullOptions, snapshot: steps.Snapshot, ready: steps.Readiness,
+                  images: dict[int, Path]) -> steps.PullResult:
+    settings = load_settings()
+    skeleton = load_record(settings, dataset).skeleton_spec()
+    return steps.build_dataset(settings, dataset, skeleton, options, snapshot, ready, images,
+                               settings.label_studio_url, say=get_run_logger().info)
+
+
+@flow(name="pull-labels")
+def pull_labels(dataset: str = "demo-people", params_file: str = "params.yaml", allow_unlabeled: bool | None = None,
+                version: bool = True, commit: bool = True) -> dict:
+    """Export the project's labels, check they are ready, convert them, and version the dataset with DVC."""
+    params = load_params(params_file, missing_ok=True)
+    options = steps.pull_options(params.pull, allow_unlabeled=allow_unlabeled, version=version, commit=commit)
+    with steps.dataset_lock(options.data_root, dataset):
+        try:
+            snapshot = export_labels(dataset)
+            ready = check_ready(snapshot, options, dataset)
+            images, downloaded = fetch_images(ready.labeled, options.workers)
+        except LabelStudioError as e:
+            tried = "" if isinstance(e, LabelStudioRefused) else f" (tried {ATTEMPTS} times)"
+            raise type(e)(f"{e}\nThe pull of {dataset!r} stopped{tried}; {options.data_root / dataset} is unchanged. "
+                          "Pull again once that is fixed: the images already downloaded stay cached.") from None
+        result = build_dataset(dataset, options, snapshot, ready, images)
+    summary = PullSummary.of(result, downloaded)
+    create_markdown_artifact(key=artifact_key("pull", dataset), markdown=pull_markdown(summary),
+                             description=f"pull of {dataset}")
+    return summary.to_dict()

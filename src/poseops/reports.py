@@ -1,0 +1,164 @@
+"""What each flow reports: a typed summary, its Markdown (the Prefect artifact) and its JSON.
+
+A flow's return value is the summary's `to_dict()`, JSON data that Prefect can keep as
+the run's result; the artifact is rendered from the typed summary, so a field renamed on
+one side cannot silently empty a table on the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def artifact_key(prefix: str, name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"{prefix}-{name}".lower())).strip("-")
+
+
+def _table(rows: list[tuple[str, Any]]) -> list[str]:
+    return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+
+
+# --- pull ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PullSummary:
+    dataset: str
+    dataset_dir: str
+    label_studio_url: str
+    label_studio_project_id: int
+    export_snapshot_id: int
+    tasks: int
+    labeled_tasks: int
+    train_images: int
+    val_images: int
+    keypoints_per_label: dict[str, int]
+    problems: list[str]
+    warnings: list[str]
+    dvc_md5: str | None
+    pushed: bool
+    git_commit: str | None
+    downloaded_images: int
+    record: dict[str, Any] = field(default_factory=dict)  # the pull record as written beside the dataset
+    manifest: dict[str, Any] = field(default_factory=dict)  # the dataset's manifest.json
+
+    @classmethod
+    def of(cls, result: Any, downloaded_images: int) -> PullSummary:
+        """From a `poseops.pull.PullResult` (its pull record and manifest)."""
+        record, manifest = dict(result.record), dict(result.manifest)
+        conversion = manifest.get("conversion") or {}
+        return cls(
+            dataset=record["dataset"], dataset_dir=str(result.dataset_dir),
+            label_studio_url=record["label_studio_url"], label_studio_project_id=record["label_studio_project_id"],
+            export_snapshot_id=record["export_snapshot_id"], tasks=record["tasks"],
+            labeled_tasks=record["labeled_tasks"], train_images=manifest["train_images"],
+            val_images=manifest["val_images"], keypoints_per_label=dict(conversion["keypoints_per_label"]),
+            problems=[p["message"] if isinstance(p, dict) else str(p) for p in conversion.get("problems") or []],
+            warnings=list(result.warnings), dvc_md5=result.dvc_md5, pushed=result.pushed,
+            git_commit=result.git_commit, downloaded_images=downloaded_images, record=record, manifest=manifest)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flow's result: the pull record and the manifest, with where the dataset went."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("record", "manifest")}
+        return {**self.record, **fields, **self.manifest}
+
+
+def pull_markdown(s: PullSummary) -> str:
+    lines = ["## Pulled labels", "", *_table([
+        ("dataset", s.dataset),
+        ("DVC version (md5)", s.dvc_md5),
+        ("Label Studio project", f"{s.label_studio_url}/projects/{s.label_studio_project_id}"),
+        ("export snapshot", s.export_snapshot_id),
+        ("tasks / labeled", f"{s.tasks} / {s.labeled_tasks}"),
+        ("train / val images", f"{s.train_images} / {s.val_images}"),
+        ("images downloaded (the rest from the cache)", s.downloaded_images),
+        ("git commit", s.git_commit),
+        ("pushed to the DVC remote", s.pushed),
+    ])]
+    if s.keypoints_per_label:
+        lines += ["", "### Labeled keypoints", "", "| keypoint | count |", "|---|---|",
+                  *[f"| {k} | {v} |" for k, v in s.keypoints_per_label.items()]]
+    if s.problems:
+        lines += ["", f"### Dropped or refused ({len(s.problems)})", "", *[f"- {p}" for p in s.problems[:100]]]
+    lines += [line for w in s.warnings for line in ("", f"> warning: {w}")]
+    return "\n".join(lines) + "\n"
+
+
+# --- autolabel -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutolabelSummary:
+    dataset: str
+    model_version: str
+    predicted: int
+    failed: dict[int, str]
+    skipped_labeled: int
+    skipped_done: int
+    least_confident: list[tuple[int, float]]  # (task id, score), lowest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def autolabel_markdown(s: AutolabelSummary) -> str:
+    lines = [
+        "## Autolabel", "",
+        f"Model version **{s.model_version}** pre-labeled **{s.predicted}** task(s) of `{s.dataset}`; "
+        f"{s.skipped_labeled} already labeled, {s.skipped_done} already pre-labeled by this version, "
+        f"{len(s.failed)} failed.", "",
+        "The project now serves the **least confident tasks first** (Label Studio's uncertainty sampling): "
+        "fixing those teaches the next model the most.", "",
+        "| task | score (mean confidence) |", "|---|---|",
+        *[f"| {task_id} | {score:.3f} |" for task_id, score in s.least_confident],
+    ]
+    lines += [f"- task {task_id} failed: {why}" for task_id, why in list(s.failed.items())[:50]]
+    return "\n".join(lines) + "\n"
+
+
+# --- deploy -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeploySummary:
+    model_uri: str
+    model: str
+    run_id: str
+    bento: str
+    url: str
+    files: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def deploy_markdown(s: DeploySummary) -> str:
+    return "\n".join(["## Deployed", "", *_table([
+        ("model", f"`{s.model}` ({s.model_uri})"),
+        ("MLflow run", f"`{s.run_id}`"),
+        ("Bento", f"`{s.bento}`"),
+        ("service", f"{s.url} (playground {s.url}/, docs {s.url}/docs)"),
+    ])]) + "\n"
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopSummary:
+    dataset: str
+    steps: list[tuple[str, str]] = field(default_factory=list)  # (step, what happened)
+    outcome: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def loop_markdown(s: LoopSummary) -> str:
+    lines = [f"## Improvement loop: {s.outcome}", "", "| step | result |", "|---|---|"]
+    lines += [f"| {step} | {result} |" for step, result in s.steps]
+    return "\n".join(lines) + "\n"

@@ -44,7 +44,7 @@ def test_deployments_appear_with_schedules_and_a_triggered_run_completes(workspa
     server.up(timeout=240)
     api = f"{settings.prefect_url}/api"
     env = {**os.environ, "PREFECT_API_URL": api, "PYTHONPATH": str(ROOT)}
-    served = subprocess.Popen([sys.executable, "-c", "from flows.serve import serve_all; serve_all()"], cwd=workspace,
+    served = subprocess.Popen([sys.executable, "-c", "from poseops.flows.serve import serve_all; serve_all()"], cwd=workspace,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deployments = wait_for(lambda: deployments_with_schedules(api), lambda d: len(d) == 4, 180, served)

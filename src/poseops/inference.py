@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from poseops.convert import file_sha256
 from poseops.errors import PoseopsError
 from poseops.skeleton import Skeleton
-from poseops.weights import prepare_ultralytics, resolve_weights
+from poseops.weights import UnsafeWeightsError, check_checkpoint, prepare_ultralytics, resolve_weights
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,6 +66,7 @@ def export_onnx(weights: str | Path, imgsz: int = DEFAULT_IMGSZ, cache_dir: Path
     target = cache_dir / f"{weights.stem}-{file_sha256(weights)[:16]}-{imgsz}.onnx"
     if target.is_file():
         return target
+    checked(weights)
     log.info("exporting %s to ONNX (imgsz %d) into %s", weights, imgsz, cache_dir)
     prepare_ultralytics()
     from ultralytics import YOLO
@@ -79,6 +80,15 @@ def export_onnx(weights: str | Path, imgsz: int = DEFAULT_IMGSZ, cache_dir: Path
             raise ModelError(f"{weights}: the ONNX export failed ({e}); check the checkpoint or serve it with runtime 'torch'") from e
         os.replace(exported, target)
     return target
+
+
+def checked(weights: Path) -> Path:
+    """`weights`, after refusing a `.pt` that is not weights alone (`poseops.weights.check_checkpoint`)."""
+    try:
+        check_checkpoint(weights)
+    except UnsafeWeightsError as e:
+        raise ModelError(str(e)) from None
+    return weights
 
 
 class PoseModel:
@@ -115,6 +125,7 @@ class PoseModel:
         if runtime == "torch" and suffix != ".pt":
             raise ModelError(f"{self.weights}: the torch runtime needs a .pt checkpoint; use runtime 'onnx' for .onnx files")
         self.weights_sha256 = file_sha256(self.weights)
+        checked(self.weights)  # weights are data: a pickle that would run code is refused here
         self.model_path = export_onnx(self.weights, imgsz, cache_dir) if runtime == "onnx" and suffix == ".pt" else self.weights
 
         prepare_ultralytics()

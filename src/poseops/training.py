@@ -41,7 +41,7 @@ from poseops.params import Params
 from poseops.processes import alive
 from poseops.settings import load_settings
 from poseops.skeleton import Skeleton, load_skeleton
-from poseops.weights import prepare_ultralytics, resolve_weights
+from poseops.weights import UnsafeWeightsError, check_checkpoint, load_checkpoint, prepare_ultralytics, resolve_weights
 
 STATE_FILE = "poseops.json"  # in the train folder: the MLflow run id and what the run was trained with
 VERSION_FILE = "model_version.json"  # in the model folder: the registered version of this pipeline run
@@ -322,12 +322,12 @@ def _checkpoint_epochs(last: Path) -> int | None:
     """How many epochs an unfinished last.pt holds, or None when it cannot be resumed (missing, damaged, finished)."""
     if not last.is_file():
         return None
-    import torch
-
     try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - a last.pt cut short by a kill while it was written
-        return None
+        ckpt = load_checkpoint(last)  # weights only: a last.pt that would run code is refused, naming the file
+    except UnsafeWeightsError as e:
+        if e.damaged:  # a last.pt cut short by a kill while it was written
+            return None
+        raise
     if ckpt.get("epoch", -1) < 0 or ckpt.get("optimizer") is None:
         return None
     return int(ckpt["epoch"]) + 1
@@ -439,6 +439,7 @@ def train(params: Params, root: Path = Path("."), layout: Layout = Layout(), mlc
         run_name = params.mlflow.run_name or (f"{params.dataset.name}-{Path(init.path).stem}-"
                                               f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
         run_id = _start_tracked_run(mlc, params, root, lay, dataset, run_name, init.tags(), fingerprint)
+        check_checkpoint(init.path)
         model = YOLO(init.path)
         data_yaml = resolved_data_yaml(prepared_yaml, out / "data.yaml")
         kwargs = {**ultralytics_train_args(params), "data": str(data_yaml), "project": str(out.parent),

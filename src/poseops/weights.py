@@ -4,13 +4,35 @@ Pretrained weights such as `yolo11n-pose.pt` are looked up in the directory name
 by `POSEOPS_WEIGHTS_DIR` (or Ultralytics' own `weights_dir` setting); where they
 are not found, the bare name is handed to Ultralytics, which downloads it the
 ordinary way on a machine with internet.
+
+Weights are data, not code: a `.pt` checkpoint is a pickle, and unpickling one from
+elsewhere can run anything. Every checkpoint poseops loads goes through
+`load_checkpoint` (`torch.load(weights_only=True)` with Ultralytics' allow-list of model
+classes), and Ultralytics itself is put in the same safe-load mode
+(`ULTRALYTICS_SAFE_LOAD`) before it is imported. A checkpoint that needs anything else
+is refused with `UnsafeWeightsError`, naming the file.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
+from typing import Any
+
+from poseops.errors import PoseopsError
+
+SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
+
+
+class UnsafeWeightsError(PoseopsError, ValueError):
+    """A checkpoint refused: it cannot be read as weights alone (it would run code, or, with `damaged`, it is cut short)."""
+
+    def __init__(self, message: str, damaged: bool = False) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+
 
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -43,6 +65,7 @@ def prepare_ultralytics(config_dir: Path | None = None) -> None:
     Call before importing `ultralytics`. Plots need `Arial.ttf` in the config dir; offline,
     Ultralytics cannot download it, so a system font is copied to that name when one exists.
     """
+    os.environ[SAFE_LOAD_ENV] = "1"  # read by Ultralytics at import: checkpoints load with weights_only=True
     if config_dir is None:
         config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or Path(os.environ.get("POSEOPS_HOME", ".poseops")) / "ultralytics")
     config_dir = config_dir.resolve()
@@ -54,3 +77,36 @@ def prepare_ultralytics(config_dir: Path | None = None) -> None:
             if Path(candidate).is_file():
                 shutil.copyfile(candidate, font)
                 break
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A `.pt` checkpoint's contents, unpickled as data only (`weights_only=True`, Ultralytics' model classes allowed).
+
+    Raises `UnsafeWeightsError` naming the file when it needs anything more (a pickle that
+    would run code) or cannot be read at all.
+    """
+    prepare_ultralytics()
+    from ultralytics.nn.tasks import torch_safe_load
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnsafeWeightsError(f"{path}: no such checkpoint file")
+    try:
+        ckpt, _ = torch_safe_load(str(path), safe_only=True)
+    except (TypeError, pickle.UnpicklingError, RuntimeError, OSError, EOFError, ModuleNotFoundError, AttributeError) as e:
+        damaged = isinstance(e, OSError | EOFError) or "not a loadable" in str(e)  # OSError: torch's reader, cut short
+        why = "it is empty, truncated or not a PyTorch checkpoint" if damaged else (
+            "loading it would run code or build objects outside the Ultralytics checkpoint format")
+        raise UnsafeWeightsError(
+            f"{path}: refused as weights: {why}. Use a checkpoint trained by poseops or an official Ultralytics .pt; "
+            "never load weights from an untrusted source", damaged=damaged
+        ) from e
+    if not isinstance(ckpt, dict):
+        raise UnsafeWeightsError(f"{path}: not an Ultralytics checkpoint (it holds {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def check_checkpoint(path: str | os.PathLike) -> None:
+    """Refuse (`UnsafeWeightsError`) a `.pt` file that is not weights alone; other files (.onnx, .yaml) pass."""
+    if Path(path).suffix.lower() == ".pt":
+        load_checkpoint(path)

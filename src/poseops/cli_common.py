@@ -92,8 +92,8 @@ def flow(path: str) -> Any:
     connect_prefect(load_settings())
     module, _, name = path.rpartition(".")
     found = getattr(importlib.import_module(f"poseops.flows.{module}"), name)
-    for logger in [logging.getLogger("prefect"), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
-                                                   if n.startswith("prefect"))]:
+    for logger in [logging.root, *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                                   if n.startswith("prefect"))]:
         for handler in logger.handlers:
             if type(handler).__name__ == "PrefectConsoleHandler" and _KNOWN not in handler.filters:
                 handler.addFilter(_KNOWN)

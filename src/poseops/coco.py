@@ -20,9 +20,10 @@ from typing import Any, NamedTuple
 
 from PIL import Image
 
-from poseops.convert import IMAGE_SUFFIXES
+from poseops.constants import IMAGE_SUFFIXES
+from poseops.conversion.poses import Pose
+from poseops.conversion.results import poses_to_results
 from poseops.errors import PoseopsError
-from poseops.regions import Pose, poses_to_results
 from poseops.skeleton import Skeleton
 
 

@@ -25,16 +25,18 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
 
+from poseops.conversion.report import ConversionReport
 from poseops.errors import PoseopsError
 from poseops.labelstudio import LabelStudioClient, LabelStudioError
 from poseops.params import PullParams
+from poseops.pull_results import DatasetManifest, PullRecord, PullResult
 from poseops.settings import Settings
 from poseops.skeleton import Skeleton
 
@@ -80,17 +82,6 @@ class Snapshot:
     project_id: int
     export_id: int
     tasks: list[dict]
-
-
-@dataclass
-class PullResult:
-    dataset_dir: Path
-    manifest: dict
-    warnings: list[str] = field(default_factory=list)
-    dvc_md5: str | None = None
-    pushed: bool = False
-    git_commit: str | None = None
-    record: dict = field(default_factory=dict)
 
 
 # --- export ------------------------------------------------------------------------------
@@ -406,7 +397,7 @@ def dvc_md5(dvc_file: Path) -> str:
 
 
 def version_dataset(
-    dataset_dir: Path, settings: Settings, message: str, record: dict, commit: bool = True
+    dataset_dir: Path, settings: Settings, message: str, record: PullRecord, commit: bool = True
 ) -> tuple[str, bool, str | None]:
     """`dvc add` + `dvc push` the dataset and commit its .dvc file and pull record.
 
@@ -423,7 +414,7 @@ def version_dataset(
     md5 = dvc_md5(dvc_file)
     record_path = pull_record_path(dataset_dir)
     if md5 != before or not record_path.is_file():
-        record_path.write_text(json.dumps({**record, "dvc_md5": md5}, indent=2) + "\n")
+        write_pull_record(record_path, dataclasses.replace(record, dvc_md5=md5))
     push_failure = None
     try:
         dvc(["push", str(dvc_file.relative_to(root))], root, "dvc push")  # not -q: that hides its error
@@ -469,6 +460,28 @@ def build_dataset(
 
     Call inside `dataset_lock`. Nothing under `data/<name>` changes unless the new dataset is complete.
     """
+    target = options.data_root / name
+    manifest = convert_into_place(name, skeleton, options, snapshot, ready, images)
+    result = PullResult(target, manifest, pull_record(name, label_studio_url, snapshot, ready),
+                        warnings=[*ready.warnings, *conversion_warnings(manifest.conversion, target)])
+    record_path = pull_record_path(target)
+    if options.version:
+        message = f"pull {name}: Label Studio snapshot {snapshot.export_id}, {len(ready.labeled)} labeled images"
+        result.dvc_md5, result.pushed, result.git_commit = version_dataset(
+            target, settings, message, result.pull_record, options.commit)
+        say(f"DVC version {result.dvc_md5}, pushed")
+    else:
+        write_pull_record(record_path, result.pull_record)
+    try:  # the record beside the dataset as it now stands (an unchanged version keeps its earlier record)
+        result.pull_record = PullRecord.from_record(json.loads(record_path.read_text()), str(record_path))
+    except ValueError as e:
+        raise PullError(str(e)) from None
+    return result
+
+
+def convert_into_place(name: str, skeleton: Skeleton, options: PullOptions, snapshot: Snapshot, ready: Readiness,
+                       images: dict[int, Path]) -> DatasetManifest:
+    """Convert the labeled tasks into `data/.<name>.tmp`, then swap it into `data/<name>`; its manifest."""
     from poseops.convert import convert_export, split_for
 
     split = {task_id: split_for(image_sha256(path), options.val_fraction) for task_id, path in images.items()}
@@ -489,46 +502,46 @@ def build_dataset(
                            f"{report.images['train']} training and {report.images['val']} validation images are "
                            f"left; both need images: fix those tasks ({conversion_summary(report.skipped_tasks)})")
         relocate_data_yaml(tmp / "data.yaml", target)
-        manifest = {  # content only: an unchanged project gives an identical dataset (and DVC hash)
-            "dataset": name,
-            "label_studio_project_id": snapshot.project_id,
-            "labeled_tasks": len(ready.labeled),
-            "train_images": report.images["train"],
-            "val_images": report.images["val"],
-            "conversion": report_dict(report),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = DatasetManifest(name, snapshot.project_id, len(ready.labeled), report)
+        (tmp / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     swap_into_place(tmp, target)
-    result = PullResult(target, manifest, warnings=list(ready.warnings))
+    final = target.resolve()
+    report = dataclasses.replace(report, out_dir=str(final), data_yaml=str(final / "data.yaml"))
+    return dataclasses.replace(manifest, conversion=report)
+
+
+def conversion_warnings(report: ConversionReport, target: Path) -> list[str]:
+    """A warning for the tasks left out and one for the regions changed or left out, if any."""
+    warnings = []
     if report.skipped_tasks:
-        result.warnings.append(f"{len(report.skipped_tasks)} labeled task(s) left out of the dataset: "
-                               f"{conversion_summary(report.skipped_tasks)}; see {target / 'manifest.json'}")
+        warnings.append(f"{len(report.skipped_tasks)} labeled task(s) left out of the dataset: "
+                        f"{conversion_summary(report.skipped_tasks)}; see {target / 'manifest.json'}")
     if report.problems:
-        result.warnings.append(f"{len(report.problems)} region(s) changed, doubtful or left out: "
-                               f"{conversion_summary(report.problems)}; see {target / 'manifest.json'}")
-    record = {
-        "dataset": name,
-        "label_studio_url": label_studio_url,
-        "label_studio_project_id": snapshot.project_id,
-        "export_snapshot_id": snapshot.export_id,
-        "pulled_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tasks": len(snapshot.tasks),
-        "labeled_tasks": len(ready.labeled),
-        "unlabeled_task_ids": ready.unlabeled_ids,
-        "skipped_task_ids": ready.skipped_ids,
-    }
-    if options.version:
-        message = f"pull {name}: Label Studio snapshot {snapshot.export_id}, {len(ready.labeled)} labeled images"
-        result.dvc_md5, result.pushed, result.git_commit = version_dataset(
-            target, settings, message, record, options.commit)
-        say(f"DVC version {result.dvc_md5}, pushed")
-    else:
-        pull_record_path(target).write_text(json.dumps(record, indent=2) + "\n")
-    result.record = json.loads(pull_record_path(target).read_text())
-    return result
+        warnings.append(f"{len(report.problems)} region(s) changed, doubtful or left out: "
+                        f"{conversion_summary(report.problems)}; see {target / 'manifest.json'}")
+    return warnings
+
+
+def pull_record(name: str, label_studio_url: str, snapshot: Snapshot, ready: Readiness) -> PullRecord:
+    """The record of this pull (its `dvc_md5` is set when the version is recorded with DVC)."""
+    return PullRecord(
+        dataset=name,
+        label_studio_url=label_studio_url,
+        label_studio_project_id=snapshot.project_id,
+        export_snapshot_id=snapshot.export_id,
+        pulled_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        tasks=len(snapshot.tasks),
+        labeled_tasks=len(ready.labeled),
+        unlabeled_task_ids=ready.unlabeled_ids,
+        skipped_task_ids=ready.skipped_ids,
+    )
+
+
+def write_pull_record(path: Path, record: PullRecord) -> None:
+    path.write_text(json.dumps(record.to_record(), indent=2) + "\n")
 
 
 def conversion_summary(problems: list, shown: int = 10) -> str:
@@ -552,11 +565,3 @@ def relocate_data_yaml(data_yaml: Path, target: Path) -> None:
     data = yaml.safe_load(data_yaml.read_text())
     data["path"] = target.as_posix()
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
-
-
-def report_dict(report) -> dict:
-    """The converter's report as JSON data, without the (temporary, machine-specific) paths."""
-    d = report.to_dict()
-    for key in ("out_dir", "data_yaml"):
-        d.pop(key, None)
-    return d

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poseops import __version__
-from poseops.inference import DEFAULT_IMGSZ, RUNTIMES, ModelError, PoseModel
+from poseops.inference import RUNTIMES, ModelError, PoseModel
 from poseops.skeleton import Skeleton, load_skeleton
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class ServiceConfig:
     weights: str = DEFAULT_WEIGHTS
     skeleton: Path = Path(DEFAULT_SKELETON)
     runtime: str = "onnx"
-    imgsz: int = DEFAULT_IMGSZ
+    imgsz: int | None = None  # None: the size the model was trained (.pt) or exported (.onnx) at
     api_keys: Path | None = None
     lineage: Path | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS

@@ -9,7 +9,7 @@ was no faster than the predictor, whose overhead is a few ms against ~70-110 ms
 of network; see docs/api.md.)
 
 A `.pt` checkpoint run with the `onnx` runtime is exported once to a cached
-`.onnx` file (fixed 640x640 input) under `$POSEOPS_HOME/onnx/`, keyed by the
+`.onnx` file (fixed input, the size the checkpoint was trained at) under `$POSEOPS_HOME/onnx/`, keyed by the
 checkpoint's sha256, so the weights folder is never written to.
 
 Detections are plain dicts in the HTTP API's shape: `class`, `confidence`, `x`,
@@ -22,6 +22,7 @@ OpenCV, which turns the image the same way).
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import shutil
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from poseops.convert import file_sha256
 from poseops.errors import PoseopsError
 from poseops.skeleton import Skeleton
-from poseops.weights import UnsafeWeightsError, check_checkpoint, prepare_ultralytics, resolve_weights
+from poseops.weights import UnsafeWeightsError, check_checkpoint, load_checkpoint, prepare_ultralytics, resolve_weights
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,6 +52,26 @@ class ModelError(PoseopsError, RuntimeError):
 
 def poseops_home() -> Path:
     return Path(os.environ.get("POSEOPS_HOME", ".poseops"))
+
+
+def model_imgsz(weights: Path) -> int:
+    """The input size a model was trained at (a `.pt`'s train args) or exported at (an `.onnx`'s metadata).
+
+    Serving or predicting at another size than the model's own gives other detections, so
+    every runtime uses this unless told otherwise; DEFAULT_IMGSZ when the file does not say.
+    """
+    if weights.suffix.lower() == ".onnx":
+        import onnx
+
+        graph = onnx.load(str(weights), load_external_data=False)
+        meta = {p.key: p.value for p in graph.metadata_props}
+        if "imgsz" in meta:
+            size = ast.literal_eval(meta["imgsz"])
+            return int(max(size) if isinstance(size, list | tuple) else size)
+        dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim[2:]]
+        return max(dims) if dims and all(dims) else DEFAULT_IMGSZ
+    size = (load_checkpoint(weights).get("train_args") or {}).get("imgsz", DEFAULT_IMGSZ)
+    return int(max(size) if isinstance(size, list | tuple) else size)
 
 
 def export_onnx(weights: str | Path, imgsz: int = DEFAULT_IMGSZ, cache_dir: Path | None = None) -> Path:
@@ -105,14 +126,13 @@ class PoseModel:
         weights: str | Path,
         skeleton: Skeleton,
         runtime: str = "onnx",
-        imgsz: int = DEFAULT_IMGSZ,
+        imgsz: int | None = None,  # None: the model's own (`model_imgsz`)
         cache_dir: Path | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ModelError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
         self.skeleton = skeleton
         self.runtime = runtime
-        self.imgsz = imgsz
         self.weights = Path(resolve_weights(weights))
         if not self.weights.is_file():
             raise ModelError(
@@ -126,6 +146,7 @@ class PoseModel:
             raise ModelError(f"{self.weights}: the torch runtime needs a .pt checkpoint; use runtime 'onnx' for .onnx files")
         self.weights_sha256 = file_sha256(self.weights)
         checked(self.weights)  # weights are data: a pickle that would run code is refused here
+        self.imgsz = imgsz = imgsz or model_imgsz(self.weights)
         self.model_path = export_onnx(self.weights, imgsz, cache_dir) if runtime == "onnx" and suffix == ".pt" else self.weights
 
         prepare_ultralytics()

@@ -51,11 +51,11 @@ test-unit: install
 
 # Benchmarks (minutes; not part of `make test`): figures to docs/benchmarks.md
 bench: install
-	$(VENV)/bin/python benchmarks/run_all.py
+	$(VENV)/bin/python -m benchmarks.run_all
 
 # The long load test alone: 4 clients for 60 s against the service (loopback), p50/p99, RSS before/after
 load: install
-	$(VENV)/bin/python benchmarks/load.py
+	$(VENV)/bin/python -m benchmarks.load
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,112 +1,124 @@
-"""Autolabel throughput against the raw model, in one run on the same images.
+"""Autolabel's steady-state throughput against the raw model, and its fixed start-up cost, in one run.
 
-    python benchmarks/autolabel.py [--images N] [--label-studio-url URL --token TOKEN]
+    python -m benchmarks.autolabel [--images 32] [--repeat 3] [--label-studio-url URL --token TOKEN]
 
-raw: the model's own detect over the images in this process, one after the other.
-autolabel: the Prefect flow over the same images as Label Studio tasks (fetch, detect, write
-predictions), with the model in-process. Without --label-studio-url a Label Studio is started
-for the run (its first start migrates for about 90 s, not counted). Prints images/s and the ratio.
+raw: the model's own detect over the images in this process, one after the other (model loaded
+and warmed up first; its load time is printed on its own).
+autolabel: the Prefect flow (find the tasks, fetch their images, detect, write the predictions in
+one request a batch) with the model in-process, over two Label Studio projects of the same images:
+a small one (a quarter of them) and the full one. A flow run costs a fixed start-up (flow and task
+runs, the project's task list) plus a time per image; the two sizes give both: the steady-state
+throughput is the extra images over the extra seconds, the start-up is what remains of the small
+run. Every flow run is a redo (the images are in poseops' image cache, the model is loaded), and
+raw, small and full runs take turns `--repeat` times; medians count. Without --label-studio-url a
+Label Studio is started for the run (its first start migrates for about 90 s, not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import secrets
-import socket
-import sys
+import statistics
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("POSEOPS_SHARED_DIR", ROOT.parent / "shared"))
+from benchmarks.common import (
+    PERSON_SPEC,
+    RESULTS,
+    SHARED,
+    add_label_studio_arguments,
+    interleaved,
+    label_studio,
+    prepare,
+)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def bench_images(count: int, work: Path) -> list[Path]:
+    from poseops.demo import mirrored_copies
+
+    sources = sorted((SHARED / "datasets" / "coco-mini-train" / "images").glob("*.jpg"))[:count]
+    images = sources if len(sources) >= count else sources + mirrored_copies(sources, work / "mirrored")
+    return images[:count]
 
 
-@contextmanager
-def label_studio_for_run(args: argparse.Namespace, work: Path):
-    """Settings for the Label Studio at --label-studio-url, or for one started for the run and stopped after it."""
-    from poseops import labelstudio_server
-    from poseops.settings import Settings
+def raw_side(model, decoded: list):
+    def run() -> float:
+        started = time.perf_counter()
+        for image in decoded:
+            model.detect(image, 0.25, 0.45)
+        return time.perf_counter() - started
+    return run
 
-    if args.label_studio_url:
-        settings = Settings(home=work / "home", label_studio_url=args.label_studio_url, label_studio_token=args.token)
-    else:
-        settings = Settings(home=work / "home", label_studio_url=f"http://127.0.0.1:{free_port()}",
-                            label_studio_password=secrets.token_urlsafe(12), label_studio_token=secrets.token_hex(20),
-                            label_studio_bin=ROOT / ".venv-labelstudio" / "bin" / "label-studio")
-        print("starting Label Studio for the run ...", flush=True)
-        labelstudio_server.up(settings, timeout=900)
-    os.environ.update({"POSEOPS_HOME": str(settings.home), "LABEL_STUDIO_URL": settings.label_studio_url,
-                       "LABEL_STUDIO_USER_TOKEN": settings.label_studio_token})
-    try:
-        yield settings
-    finally:
-        if not args.label_studio_url:
-            labelstudio_server.down(settings)
+
+def flow_side(dataset: str, images: int):
+    from poseops.flows.autolabel import autolabel
+
+    def run() -> float:
+        started = time.perf_counter()
+        summary = autolabel(dataset=dataset, weights="yolo11n-pose.pt", redo=True)
+        seconds = time.perf_counter() - started
+        if summary["predicted"] != images or summary["failed"]:
+            raise SystemExit(f"autolabel of {dataset}: {summary['predicted']} of {images} predicted, "
+                             f"failed: {summary['failed']}")
+        return seconds
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--label-studio-url")
-    parser.add_argument("--token")
+    parser.add_argument("--images", type=int, default=32, help="images in the full project (the small one: a quarter)")
+    parser.add_argument("--repeat", type=int, default=3)
+    add_label_studio_arguments(parser)
     args = parser.parse_args()
-    os.environ.setdefault("YOLO_OFFLINE", "true")
-    os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(SHARED / "weights"))
-    sys.path.insert(0, str(ROOT))
-
-    from poseops.datasets import create_dataset, upload_images
-    from poseops.demo import mirrored_copies
-    from poseops.labelstudio import LabelStudioClient
-    from poseops.settings import quiet_telemetry
-
-    quiet_telemetry()
+    prepare()
     work = Path(tempfile.mkdtemp(prefix="poseops-bench-"))
-    sources = sorted((SHARED / "datasets" / "coco-mini-train" / "images").glob("*.jpg"))[: args.images]
-    images = sources if len(sources) >= args.images else sources + mirrored_copies(sources, work / "mirrored")
-    images = images[: args.images]
+    images = bench_images(args.images, work)
+    small = max(1, len(images) // 4)
 
-    with label_studio_for_run(args, work) as settings:
+    with label_studio(args, work) as settings:
         import cv2
 
+        from poseops.datasets import create_dataset, upload_images
         from poseops.inference import PoseModel
+        from poseops.labelstudio import LabelStudioClient
         from poseops.skeleton import load_skeleton
 
-        spec = ROOT / "label_config" / "skeletons" / "person.yaml"
-        model = PoseModel("yolo11n-pose.pt", load_skeleton(spec))
-        model.detect(cv2.imread(str(images[0])))  # warm
-        t0 = time.perf_counter()
-        for path in images:
-            model.detect(cv2.imread(str(path)), 0.25, 0.45)
-        raw = len(images) / (time.perf_counter() - t0)
+        started = time.perf_counter()
+        model = PoseModel("yolo11n-pose.pt", load_skeleton(PERSON_SPEC))
+        load_s = time.perf_counter() - started
+        decoded = [cv2.imread(str(p)) for p in images]
+        model.detect(decoded[0])  # warm
 
-        name = f"bench-{uuid.uuid4().hex[:6]}"
+        names = {size: f"bench-{size}-{uuid.uuid4().hex[:6]}" for size in (small, len(images))}
         with LabelStudioClient(settings) as client:
-            create_dataset(client, settings, name, spec)
-            upload_images(client, settings, name, images)
+            for size, name in names.items():
+                create_dataset(client, settings, name, PERSON_SPEC)
+                upload_images(client, settings, name, images[:size])
         from prefect.testing.utilities import prefect_test_harness
 
         os.chdir(work)
-        from flows.autolabel import autolabel
-
         with prefect_test_harness(server_startup_timeout=180):
-            t0 = time.perf_counter()
-            summary = autolabel(dataset=name, weights="yolo11n-pose.pt")
-            flow = summary["predicted"] / (time.perf_counter() - t0)
-        print(f"images: {len(images)}  (yolo11n-pose, ONNX Runtime, CPU threads={os.cpu_count()})")
-        print(f"raw model:  {raw:6.2f} images/s")
-        print(f"autolabel:  {flow:6.2f} images/s  (Label Studio tasks → predictions, {summary['predicted']} written, "
-              f"{len(summary['failed'])} failed)")
-        print(f"ratio autolabel/raw: {flow / raw:.2f}")
+            sides = {"raw": raw_side(model, decoded), "small": flow_side(names[small], small),
+                     "full": flow_side(names[len(images)], len(images))}
+            sides["small"](), sides["full"]()  # warm: the flow's model loaded, the images in the cache
+            seconds = {name: statistics.median(runs) for name, runs in interleaved(sides, args.repeat).items()}
+
+    raw = len(images) / seconds["raw"]
+    steady = (len(images) - small) / (seconds["full"] - seconds["small"])
+    startup = seconds["small"] - small / steady
+    print(RESULTS)
+    print(f"images: {len(images)} (small project: {small}); yolo11n-pose, ONNX Runtime, {os.cpu_count()} CPUs; "
+          f"median of {args.repeat}, interleaved")
+    print(f"raw model:              {raw:6.2f} images/s  ({seconds['raw']:.2f} s for {len(images)}; "
+          f"model load {load_s:.2f} s, not counted)")
+    print(f"autolabel, whole runs:  {small / seconds['small']:6.2f} images/s at {small}, "
+          f"{len(images) / seconds['full']:6.2f} at {len(images)}  ({seconds['small']:.2f} s, {seconds['full']:.2f} s)")
+    print(f"autolabel steady state: {steady:6.2f} images/s  (the {len(images) - small} extra images over the extra "
+          f"{seconds['full'] - seconds['small']:.2f} s)")
+    print(f"autolabel start-up per run: {startup:.2f} s (flow and task runs, the task list; model already loaded)")
+    print(f"ratio steady-state autolabel/raw: {steady / raw:.2f}")
 
 
 if __name__ == "__main__":

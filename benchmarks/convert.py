@@ -7,7 +7,7 @@ from the export file on disk. Prints regions per second, their ratio, and how ma
 objects and keypoints each kept (the SDK drops keypoints without parentID and writes
 visibility 2 for all).
 
-    .venv/bin/python benchmarks/convert.py [--tasks 600] [--persons 2] [--repeat 3]
+    .venv/bin/python -m benchmarks.convert [--tasks 600] [--persons 2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import PERSON_SPEC, RESULTS
 from poseops.convert import convert_export, load_export, results_to_poses
 from poseops.label_config import BOXES, IMAGE, KEYPOINTS, OCCLUDED, VISIBILITY, label_config_xml
 from poseops.skeleton import Skeleton, load_skeleton
 
-ROOT = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 640, 480
 
 
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000, help="tasks (x --persons = pose annotations)")
     parser.add_argument("--persons", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the fastest counts")
-    parser.add_argument("--spec", type=Path, default=ROOT / "label_config" / "skeletons" / "person.yaml")
+    parser.add_argument("--spec", type=Path, default=PERSON_SPEC)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the SDK logs per task; keep the timing about converting
 
@@ -140,6 +140,7 @@ def main() -> None:
         memory = min((run_in_memory(tasks, skeleton) for _ in range(args.repeat)), key=lambda r: r[0])
         sdk = min(sdk_runs, key=lambda r: r[0])
 
+    print(RESULTS)
     print(f"export: {args.tasks} tasks, {regions} regions, {labeled} keypoints ({orphans} without parentID), "
           f"{args.tasks * args.persons} boxes; best of {args.repeat}")
     print(f"{'converter':<34}{'seconds':>9}{'regions/s':>12}{'objects':>9}{'keypoints':>11}")

@@ -1,6 +1,6 @@
 """The long load test: the service under several clients for 60 s, against raw inference in the same run.
 
-    .venv/bin/python benchmarks/load.py [--seconds 60] [--clients 4]      (or: make load)
+    .venv/bin/python -m benchmarks.load [--seconds 60] [--clients 4]      (or: make load)
 
 Starts the service as `poseops deploy` runs it (on 127.0.0.1, a free port, a fresh home),
 warms it up, measures raw in-process inference for a baseline, then runs `poseops.loadtest`
@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-from serve import ROOT, add_model_arguments, load_raw, start_service
-
+from benchmarks.common import RESULTS, add_model_arguments, load_raw, model_images, prepare, service
 from poseops.loadtest import run_load
 
 
@@ -30,19 +28,14 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--max-requests", type=int, default=5000)
     args = parser.parse_args()
-    os.environ.setdefault("YOLO_OFFLINE", "true")
-    if (ROOT.parent / "shared" / "weights").is_dir():
-        os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(ROOT.parent / "shared" / "weights"))
-    images = sorted(args.images.rglob("*.jpg"))
-    if not images:
-        raise SystemExit(f"no .jpg images under {args.images}")
+    prepare()
+    images = model_images(args)
 
     import cv2
 
     model = load_raw(args)
     decoded = [cv2.imread(str(p)) for p in images]
-    server = start_service(args)
-    try:
+    with service(args) as server:
         pid = server.status().pid
         warm = run_load(server.url, images, clients=2, seconds=10, max_requests=2 * len(images))
         started, done = time.perf_counter(), 0
@@ -51,9 +44,8 @@ def main() -> int:
             done += 1
         raw_per_s = done / (time.perf_counter() - started)
         result = run_load(server.url, images, args.clients, args.seconds, args.max_requests, pid=pid)
-    finally:
-        server.down()
     summary = result.summary()
+    print(RESULTS)
     print(f"warm-up: {warm.requests} requests, {len(warm.failures)} failed")
     print(f"raw in-process: {raw_per_s:.2f} images/s (10 s)")
     print(f"service, {args.clients} clients, {summary['seconds']} s: {summary['requests']} requests, "

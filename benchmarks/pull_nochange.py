@@ -1,6 +1,6 @@
 """Pull time when nothing changed, against the first pull and the bare export, in one run.
 
-    python benchmarks/pull_nochange.py [--images 40] [--label-studio-url URL --token TOKEN]
+    python -m benchmarks.pull_nochange [--images 40] [--label-studio-url URL --token TOKEN]
 
 A Label Studio project with up to `--images` labeled images (coco-mini-train with its COCO
 keypoint labels) is pulled three ways in a fresh git + DVC workspace:
@@ -16,37 +16,31 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from autolabel import SHARED, label_studio_for_run
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import PERSON_SPEC, RESULTS, SHARED, add_label_studio_arguments, label_studio, prepare
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=80, help="at most this many labeled images (coco-mini-train has 28)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--label-studio-url")
-    parser.add_argument("--token")
+    add_label_studio_arguments(parser)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
+    prepare()
 
     from poseops.coco import image_results, read_coco_keypoints
     from poseops.datasets import create_dataset, upload_images
     from poseops.demo import make_workspace
     from poseops.labelstudio import LabelStudioClient
     from poseops.pull import export_snapshot
-    from poseops.settings import quiet_telemetry
     from poseops.skeleton import load_skeleton
 
-    quiet_telemetry()
     work = Path(tempfile.mkdtemp(prefix="poseops-bench-pull-"))
-    spec = ROOT / "label_config" / "skeletons" / "person.yaml"
+    spec = PERSON_SPEC
     skeleton = load_skeleton(spec)
     coco = SHARED / "datasets" / "coco-mini-train"
     labeled = read_coco_keypoints(coco / "annotations" / "person_keypoints_train2017.json", skeleton=skeleton)
@@ -54,7 +48,7 @@ def main() -> None:
     images = [im.path for im in labeled]
     labels = {im.path: image_results(skeleton, im) for im in labeled}
 
-    with label_studio_for_run(args, work) as settings:
+    with label_studio(args, work) as settings:
         name = f"bench-{uuid.uuid4().hex[:6]}"
         with LabelStudioClient(settings) as client:
             project, _ = create_dataset(client, settings, name, spec)
@@ -66,7 +60,7 @@ def main() -> None:
         os.chdir(workspace)
         from prefect.testing.utilities import prefect_test_harness
 
-        from flows.pull_labels import pull_labels
+        from poseops.flows.pull_labels import pull_labels
 
         with prefect_test_harness(server_startup_timeout=180):
             t0 = time.perf_counter()
@@ -78,6 +72,7 @@ def main() -> None:
                 unchanged = pull_labels(dataset=name)
                 again.append(time.perf_counter() - t0)
         nochange_s = statistics.median(again)
+        print(RESULTS)
         print(f"images: {len(images)} labeled ({len(snapshot.tasks)} tasks exported)")
         print(f"export only (snapshot create + download): {export_s:7.2f} s")
         print(f"first pull (export, images, convert, DVC add/push, commit): {first_s:7.2f} s  -> {first.get('dvc_md5')}")

@@ -1,9 +1,11 @@
 """Run every benchmark and write their figures to docs/benchmarks.md.
 
-    make bench        (or: python benchmarks/run_all.py)
+    make bench        (or: python -m benchmarks.run_all)
 
-Each benchmark measures against its own baseline in the same run and prints ratios; this
-collects what each printed, with the command that produced it and the machine it ran on.
+Each benchmark measures against its own baseline in the same run and prints its figures, both
+sides of every ratio included, after a results line (`benchmarks.common.RESULTS`); this publishes
+everything each printed after that line, unfiltered, with the command that produced it and the
+machine it ran on. (What the libraries log while a benchmark runs comes before that line.)
 """
 
 from __future__ import annotations
@@ -15,27 +17,31 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import RESULTS, ROOT
+
 BENCHMARKS = [
-    ("Conversion: poseops vs the Label Studio SDK's YOLO export", ["benchmarks/convert.py"]),
-    ("Pull: nothing changed vs the first pull and the bare export", ["benchmarks/pull_nochange.py"]),
-    ("Serving: the service vs raw in-process inference", ["benchmarks/serve.py"]),
-    ("Load: 4 clients for 60 s against the service", ["benchmarks/load.py"]),
-    ("Autolabel: the flow vs the raw model", ["benchmarks/autolabel.py"]),
-    ("Training: the DVC pipeline vs Ultralytics called directly", ["benchmarks/train_overhead.py"]),
-    ("Fine-tuning on coco-mini-train, measured on coco8-pose val: Ultralytics' defaults (optimizer=auto)",
-     ["benchmarks/finetune_coco_mini.py"]),
-    ("Fine-tuning on coco-mini-train, measured on coco8-pose val: gentle SGD (recommended for short fine-tunes)",
-     ["benchmarks/finetune_coco_mini.py", "--optimizer", "SGD", "--lr0", "0.001", "--warmup-epochs", "0"]),
+    ("Conversion: poseops vs the Label Studio SDK's YOLO export", ["benchmarks.convert"]),
+    ("Pull: nothing changed vs the first pull and the bare export", ["benchmarks.pull_nochange"]),
+    ("Serving: the service vs raw in-process inference", ["benchmarks.serve"]),
+    ("Load: 4 clients for 60 s against the service", ["benchmarks.load"]),
+    ("Autolabel: the flow's steady-state throughput vs the raw model", ["benchmarks.autolabel"]),
+    ("Training: the DVC pipeline vs Ultralytics called directly", ["benchmarks.train_overhead"]),
+    ("Fine-tuning on coco-mini-train, measured on coco8-pose val (photos from the pretraining set): "
+     "Ultralytics' defaults (optimizer=auto)", ["benchmarks.finetune_coco_mini"]),
+    ("Fine-tuning on coco-mini-train, measured on coco8-pose val (photos from the pretraining set): "
+     "gentle SGD (recommended for short fine-tunes)",
+     ["benchmarks.finetune_coco_mini", "--optimizer", "SGD", "--lr0", "0.001", "--warmup-epochs", "0"]),
 ]
-NOISE = ("| INFO", "WARNING |", "Ultralytics", "Downloading", "it/s]", "Loading ", "Using ONNX", "ONNX:", "PyTorch:",
-         "Export complete", "Results saved", "Predict:", "Validate:", "Visualize:", "summary (fused)", "Update Settings",
-         "starting Label Studio", "━", "Class ", " all ", "Optimizer stripped", "Validating", "Speed:", "MLflow:",
-         "val:", "train:", "epochs completed", "Epoch ", "Closing dataloader", "Starting training", "Logging results",
-         "Image sizes", "Plotting", "AMP:", "Transferred", "Prefect", "prefect")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def figures(stdout: str) -> list[str]:
+    """What a benchmark printed after its results line (all of it), or its last lines if it never got there."""
+    output = [ANSI.sub("", ln).rstrip() for ln in stdout.splitlines()]
+    if RESULTS in output:
+        return [ln for ln in output[len(output) - output[::-1].index(RESULTS):] if ln]
+    return ["(no results: the benchmark stopped before printing them; its last lines:)", *output[-15:]]
 
 
 def main() -> int:
@@ -45,16 +51,15 @@ def main() -> int:
              "baseline measured in the same run; absolute times depend on the machine's load.", ""]
     failed = 0
     for title, script in BENCHMARKS:
-        command = [sys.executable, *script]
+        command = [sys.executable, "-m", *script]
         print(f"== {title}", flush=True)
         started = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - started
-        output = [ANSI.sub("", ln) for ln in result.stdout.splitlines()]
-        output = [ln for ln in output if ln.strip() and not any(n in ln for n in NOISE)]
-        print("\n".join(output[-25:]), flush=True)
-        lines += [f"## {title}", "", f"`python {' '.join(script)}` ({seconds:.0f} s, exit {result.returncode})", "",
-                  "```", *output[-25:], "```", ""]
+        output = figures(result.stdout)
+        print("\n".join(output), flush=True)
+        lines += [f"## {title}", "", f"`python -m {' '.join(script)}` ({seconds:.0f} s, exit {result.returncode})", "",
+                  "```", *output, "```", ""]
         if result.returncode != 0:
             failed += 1
             lines += ["Failed:", "", "```", *result.stderr.splitlines()[-15:], "```", ""]

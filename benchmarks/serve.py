@@ -1,6 +1,6 @@
 """Serving overhead: the model in-process versus the BentoML service, on the same images in one run.
 
-    .venv/bin/python benchmarks/serve.py [--rounds 4] [--runtime onnx] [--out FILE.json]
+    .venv/bin/python -m benchmarks.serve [--rounds 2] [--runtime onnx] [--out FILE.json]
 
 Measures three phases, one after the other (never at the same time, so they do not share the CPU):
 1. raw: `PoseModel.detect` in this process on decoded images (latency per image, throughput);
@@ -16,18 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import sys
-import threading
 import time
 from pathlib import Path
 
-from poseops.loadtest import percentile
+from benchmarks.common import RESULTS, add_model_arguments, load_raw, model_images, prepare, service
+from poseops.loadtest import percentile, run_load
 
-ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("raw", "service_1_client", "service_4_clients")
-DEFAULT_IMAGES = Path(os.environ.get("POSEOPS_SAMPLE_IMAGES", ROOT.parent / "shared" / "datasets" / "coco8-pose" / "images"))
 
 
 def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
@@ -38,13 +34,6 @@ def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
         "mean_ms": round(statistics.fmean(latencies_s) * 1000, 1),
         "throughput_per_s": round(len(latencies_s) / wall_s, 2),
     }
-
-
-def load_raw(args: argparse.Namespace):
-    from poseops.inference import PoseModel
-    from poseops.skeleton import load_skeleton
-
-    return PoseModel(args.weights, load_skeleton(args.skeleton), args.runtime)
 
 
 def bench_raw(model, decoded: list, rounds: int) -> tuple[list[float], float]:
@@ -59,65 +48,11 @@ def bench_raw(model, decoded: list, rounds: int) -> tuple[list[float], float]:
 
 
 def bench_service(url: str, images: list[Path], clients: int, per_client: int) -> tuple[list[float], float]:
-    import httpx
-
-    payloads = [(p.name, p.read_bytes()) for p in images]
-    latencies: list[float] = []
-    failures: list[str] = []
-    lock = threading.Lock()
-
-    def client(offset: int) -> None:
-        with httpx.Client(timeout=120) as http:
-            for i in range(per_client):
-                name, data = payloads[(offset + i) % len(payloads)]
-                t = time.perf_counter()
-                r = http.post(url + "/detect", files={"image": (name, data, "image/jpeg")}, data={"conf_thres": "0.25", "iou_thres": "0.45"})
-                elapsed = time.perf_counter() - t
-                with lock:
-                    if r.status_code == 200:
-                        latencies.append(elapsed)
-                    else:
-                        failures.append(r.text)
-
-    threads = [threading.Thread(target=client, args=(k * 3,)) for k in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    if failures:
-        raise RuntimeError(f"{len(failures)} requests failed, e.g. {failures[0]}")
-    return latencies, wall
-
-
-def start_service(args: argparse.Namespace):
-    """The service as poseops deploys it (`deploy.service_server`), on a free port, state in a fresh folder."""
-    import tempfile
-
-    from poseops.deploy import service_server
-    from poseops.detector import ServiceConfig
-    from poseops.settings import Settings
-    from poseops.weights import resolve_weights
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = Settings(home=Path(tempfile.mkdtemp(prefix="poseops-bench-serve-")), service_url=f"http://127.0.0.1:{port}")
-    config = ServiceConfig(weights=str(Path(resolve_weights(args.weights)).resolve()), skeleton=args.skeleton,
-                           runtime=args.runtime)
-    server = service_server(settings, config)
-    print(f"service log: {server.log_file}", file=sys.stderr)
-    server.up(timeout=300)
-    return server
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The images, weights, skeleton and runtime options this benchmark and benchmarks/load.py share."""
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of .jpg images (searched recursively)")
-    parser.add_argument("--weights", default="yolo11n-pose.pt")
-    parser.add_argument("--skeleton", type=Path, default=ROOT / "label_config" / "skeletons" / "person.yaml")
-    parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
+    """`clients` clients posting `per_client` images each (poseops' load client, bounded by the request count)."""
+    result = run_load(url, images, clients, seconds=24 * 3600, max_requests=clients * per_client)
+    if result.failures:
+        raise RuntimeError(f"{len(result.failures)} requests failed, e.g. {result.failures[0]}")
+    return result.latencies_s, result.seconds
 
 
 def main() -> None:
@@ -127,12 +62,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3, help="times the three phases are repeated, interleaved")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
-    os.environ.setdefault("YOLO_OFFLINE", "true")
-    if (ROOT.parent / "shared" / "weights").is_dir():  # the bundled weights, as the Makefile does
-        os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(ROOT.parent / "shared" / "weights"))
-    images = sorted(args.images.rglob("*.jpg"))
-    if not images:
-        raise SystemExit(f"no .jpg images under {args.images}")
+    prepare()
+    images = model_images(args)
 
     import cv2
 
@@ -145,9 +76,8 @@ def main() -> None:
         model.detect(image)
     latencies: dict[str, list[float]] = {name: [] for name in PHASES}
     walls = dict.fromkeys(PHASES, 0.0)
-    server = start_service(args)
-    url = server.url
-    try:
+    with service(args) as server:
+        url = server.url
         bench_service(url, images, 1, len(images))  # warm-up
         for _ in range(args.cycles):
             for name, (seen, wall) in (
@@ -157,8 +87,6 @@ def main() -> None:
             ):
                 latencies[name] += seen
                 walls[name] += wall
-    finally:
-        server.down()
     for name in PHASES:
         results[name] = summary(latencies[name], walls[name])
     results["loadavg_after"] = os.getloadavg()[0]
@@ -168,6 +96,7 @@ def main() -> None:
         "service1_throughput_over_raw": round(one["throughput_per_s"] / raw["throughput_per_s"], 3),  # type: ignore[index]
         "p50_service1_minus_raw_ms": round(one["p50_ms"] - raw["p50_ms"], 1),  # type: ignore[index]
     }
+    print(RESULTS)
     print(f"{'phase':<20}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'img/s':>8}")
     for name in PHASES:
         r = results[name]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import secrets
 import signal
-import socket
 from pathlib import Path
 
 import pytest
 
 from poseops import labelstudio_server
+from poseops.devservers import free_port, label_studio_env, label_studio_for_run, use_bundled_assets
 from poseops.processes import alive
 from poseops.settings import Settings, quiet_telemetry
 
@@ -20,7 +19,8 @@ SHARED_DATASETS = Path(os.environ.get("POSEOPS_SHARED_DATASETS", SHARED / "datas
 PERSON_SPEC = ROOT / "label_config" / "skeletons" / "person.yaml"
 
 quiet_telemetry()
-os.environ.setdefault("YOLO_OFFLINE", "true")
+use_bundled_assets(SHARED)
+__all__ = ["free_port"]  # the tests take it from here with the rest of what they share
 
 
 def _stop_on_sigterm(signum, frame):
@@ -29,14 +29,6 @@ def _stop_on_sigterm(signum, frame):
 
 
 signal.signal(signal.SIGTERM, _stop_on_sigterm)
-if (SHARED / "weights").is_dir():
-    os.environ.setdefault("POSEOPS_WEIGHTS_DIR", str(SHARED / "weights"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -53,22 +45,14 @@ def label_studio(tmp_path_factory) -> Settings:
                        label_studio_username=os.environ.get("POSEOPS_TEST_LABEL_STUDIO_USERNAME", ""),
                        label_studio_password=os.environ.get("POSEOPS_TEST_LABEL_STUDIO_PASSWORD", ""))
         return
-    settings = Settings(
-        home=home,
-        label_studio_url=f"http://127.0.0.1:{free_port()}",
-        label_studio_username="tests@poseops.local",
-        label_studio_password=secrets.token_urlsafe(12),
-        label_studio_token=secrets.token_hex(20),
-        label_studio_bin=ROOT / ".venv-labelstudio" / "bin" / "label-studio",
-    )
-    status = labelstudio_server.up(settings, timeout=900)
-    assert_listens_on_loopback_only(status.pid, "Label Studio")
-    try:
+    with label_studio_for_run(home, ROOT / ".venv-labelstudio" / "bin" / "label-studio",
+                              username="tests@poseops.local") as settings:
+        pid = labelstudio_server.status(settings).pid
+        assert pid is not None, "Label Studio answers, but not as the process poseops started"
+        assert_listens_on_loopback_only(pid, "Label Studio")
         yield settings
-    finally:
-        labelstudio_server.down(settings)
-        assert not labelstudio_server.answers(settings.label_studio_url), "Label Studio still answers after down"
-        assert status.pid is not None and not alive(status.pid), "the Label Studio process survived down"
+    assert not labelstudio_server.answers(settings.label_studio_url), "Label Studio still answers after down"
+    assert not alive(pid), "the Label Studio process survived down"
 
 
 def listening_addresses(pid: int) -> set[str]:
@@ -105,13 +89,7 @@ def files_containing(root: Path, secrets: list[str], skip: tuple[str, ...] = ())
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment for running the `poseops` CLI against the given settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
-    env.update({
-        "POSEOPS_HOME": str(settings.home),
-        "LABEL_STUDIO_URL": settings.label_studio_url,
-        "LABEL_STUDIO_USER_TOKEN": settings.label_studio_token,
-        "LABEL_STUDIO_PASSWORD": settings.label_studio_password or "unused",
-    })
-    return env
+    return {**env, "LABEL_STUDIO_PASSWORD": "unused", **label_studio_env(settings)}
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +117,16 @@ def workspace(tmp_path, monkeypatch, label_studio) -> Path:
     for key, value in settings_env(label_studio).items():
         monkeypatch.setenv(key, value)
     return repo
+
+
+@pytest.fixture
+def request_log(workspace, label_studio, monkeypatch):
+    """The workspace's Label Studio reached through a proxy that records every request it receives."""
+    from request_log import RequestLog
+
+    with RequestLog(label_studio.label_studio_url) as log:
+        monkeypatch.setenv("LABEL_STUDIO_URL", log.url)
+        yield log
 
 
 # The real detection service (bentoml serve) shared by test_service.py and test_playground.py.

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from conftest import PERSON_SPEC, SHARED_DATASETS
+from request_log import RequestLog
 
 from poseops.coco import read_yolo_pose
 from poseops.datasets import create_dataset, upload_images
@@ -35,15 +36,24 @@ def make_dataset(settings, labeled: int = 1) -> tuple[str, list]:
     return name, images
 
 
+def prediction_writes(log: RequestLog) -> list[str]:
+    """The requests that created predictions: the bulk import, and single POSTs, if any."""
+    return [r.path for r in log.matching("POST", "/import/predictions") + log.matching("POST", "/api/predictions")]
+
+
 @pytest.mark.integration
-def test_autolabel_writes_the_models_detections_once(prefect_api, workspace, label_studio, reference_model):
+def test_autolabel_writes_the_models_detections_once(prefect_api, workspace, label_studio, reference_model,
+                                                     request_log):
     import cv2
 
-    from flows.autolabel import autolabel
+    from poseops.flows.autolabel import autolabel
 
     name, images = make_dataset(label_studio, labeled=1)
     summary = autolabel(dataset=name, weights="yolo11n-pose.pt")
     assert summary["predicted"] == 3 and summary["skipped_labeled"] == 1 and summary["failed"] == {}
+    project_id = LabelStudioClient(label_studio).find_project(name).id
+    # the three predictions reached Label Studio in one request (a batch holds up to 16)
+    assert prediction_writes(request_log) == [f"/api/projects/{project_id}/import/predictions"]
     version = summary["model_version"]
     assert version.startswith("yolo11n-pose.pt@")
 
@@ -77,8 +87,11 @@ def test_autolabel_writes_the_models_detections_once(prefect_api, workspace, lab
     again = autolabel(dataset=name, weights="yolo11n-pose.pt")
     assert again["predicted"] == 0 and again["skipped_done"] == 3
 
+    assert len(prediction_writes(request_log)) == 1  # nothing to do, nothing written
+
     redone = autolabel(dataset=name, weights="yolo11n-pose.pt", redo=True)
     assert redone["predicted"] == 3 and redone["failed"] == {}
+    assert len(prediction_writes(request_log)) == 2  # the redo's three in one more request
     with LabelStudioClient(label_studio) as client:
         after = {t["data"]["source"]: t for t in client.iter_tasks(project.id)}
     for image in images[1:]:  # replaced, not added: still one prediction of this version per task
@@ -89,9 +102,10 @@ class RecordingClient:
     """Stands in for Label Studio in the unit test below: records the bulk write, or refuses it."""
 
     def __init__(self, refuse: bool = False):
-        self.refuse, self.imported = refuse, []
+        self.refuse, self.imported, self.requests = refuse, [], 0
 
     def import_predictions(self, project_id: int, predictions: list[dict]) -> int:
+        self.requests += 1
         if self.refuse:
             raise RuntimeError("Label Studio answered 500")
         self.imported += predictions
@@ -125,13 +139,13 @@ def test_a_bad_image_is_reported_and_the_rest_written_in_one_request(tmp_path):
             assert "writing the prediction failed" in report.failed[3]
         else:
             assert set(report.predicted) == {1, 3} and set(report.failed) == {2}
-            assert [p["task"] for p in client.imported] == [1, 3]
+            assert client.requests == 1 and [p["task"] for p in client.imported] == [1, 3]
             assert all(p["model_version"] == "v1" for p in client.imported)
 
 
 @pytest.mark.integration
-def test_autolabel_fans_out_on_a_real_dask_cluster(prefect_api, workspace, label_studio):
-    from flows.autolabel import autolabel
+def test_autolabel_fans_out_on_a_real_dask_cluster(prefect_api, workspace, label_studio, request_log):
+    from poseops.flows.autolabel import autolabel
 
     (workspace / "params.yaml").write_text("autolabel:\n  task_runner: dask\n  workers: 2\n  batch_size: 2\n")
     name, _ = make_dataset(label_studio, labeled=0)
@@ -141,12 +155,14 @@ def test_autolabel_fans_out_on_a_real_dask_cluster(prefect_api, workspace, label
         project = client.find_project(name)
         versions = [p["model_version"] for t in client.iter_tasks(project.id) for p in t["predictions"]]
     assert versions.count(summary["model_version"]) == 4
+    # two batches of two, each written by its Dask worker in one request
+    assert prediction_writes(request_log) == [f"/api/projects/{project.id}/import/predictions"] * 2
 
 
-@pytest.mark.integration
-def test_bad_autolabel_params_name_the_key(prefect_api, workspace):
-    from flows.autolabel import autolabel
+def test_bad_autolabel_params_name_the_key(tmp_path, monkeypatch):
+    from poseops.flows.autolabel import autolabel
 
-    (workspace / "params.yaml").write_text("autolabel:\n  task_runner: spark\n")
-    with pytest.raises(ValueError, match="autolabel.task_runner must be"):
-        autolabel(dataset="x", weights="yolo11n-pose.pt")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("autolabel:\n  task_runner: spark\n")
+    with pytest.raises(ValueError, match="'autolabel.task_runner' is 'spark'; allowed: threads, dask"):
+        autolabel.fn(dataset="x", weights="yolo11n-pose.pt")  # the flow's body: it checks before any server

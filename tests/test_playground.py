@@ -28,6 +28,18 @@ def spec_colors() -> set[tuple[int, int, int]]:
     return {tuple(int(h[i : i + 2], 16) for i in (1, 3, 5)) for h in hexes}
 
 
+def spec_coloured_pixels(png) -> int:
+    """Pixels of a screenshot within 8 levels (per channel) of one of the spec's colours."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    near = np.zeros(pixels.shape[:2], dtype=bool)
+    for color in spec_colors():
+        near |= (np.abs(pixels - np.array(color, dtype=np.int16)) <= 8).all(axis=2)
+    return int(near.sum())
+
+
 COUNT_SPEC_PIXELS = """(colors) => {
   const c = document.getElementById('canvas');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -51,6 +63,7 @@ def test_playground_draws_the_skeleton(detect_service: RunningService):
         page.set_input_files("#file", str(image))
         page.wait_for_function("!document.getElementById('detect').disabled")
         before = page.evaluate(COUNT_SPEC_PIXELS, colors)
+        shot_before = screenshot(page, "playground-before.png", full_page=True)
 
         page.click("#detect")
         page.wait_for_function("/detections? in/.test(document.getElementById('status').textContent)", timeout=60_000)
@@ -74,7 +87,9 @@ def test_playground_draws_the_skeleton(detect_service: RunningService):
         page.wait_for_function(f"JSON.parse(document.getElementById('json').textContent).length < {len(shown)}", timeout=60_000)
         assert page.text_content("#conf-out") == "0.90"
         assert not errors, errors
-    assert shot.stat().st_size > 10_000
+    # and the user sees it: the page as shown on screen gained the spec's colours where the skeleton was drawn
+    seen_before, seen_after = spec_coloured_pixels(shot_before), spec_coloured_pixels(shot)
+    assert seen_after > seen_before + 200, (seen_before, seen_after)
 
 
 DROP_FILE = """async ([b64, name, type]) => {

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
 import subprocess
-import time
+import threading
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -15,14 +16,16 @@ import pytest
 import yaml
 from conftest import PERSON_SPEC, SHARED_DATASETS, free_port
 
+from poseops import pull as steps
 from poseops.coco import parse_yolo_pose_labels, read_coco_keypoints, read_yolo_pose
 from poseops.datasets import create_dataset, upload_images
 from poseops.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioRefused
+from poseops.params import ParamsError
 from poseops.pull import NotReady, PullError, dataset_lock
 from poseops.regions import poses_to_results
 from poseops.skeleton import load_skeleton
 
-pytestmark = pytest.mark.integration
+integration = pytest.mark.integration  # the tests that talk to Label Studio (the rest run with `make test-unit`)
 COCO_MINI = SHARED_DATASETS / "coco-mini-train"
 COCO8 = SHARED_DATASETS / "coco8-pose"
 SKELETON = load_skeleton(PERSON_SPEC)
@@ -59,7 +62,7 @@ def coco_project(label_studio, coco_mini_images) -> str:
 
 
 def run_pull(name: str, **kwargs) -> dict:
-    from flows.pull_labels import pull_labels
+    from poseops.flows.pull_labels import pull_labels
 
     return pull_labels(dataset=name, **kwargs)
 
@@ -76,6 +79,7 @@ def dvc(repo: Path, *args: str) -> str:
     return r.stdout.strip()
 
 
+@integration
 def test_coco_labels_survive_label_studio_exactly(prefect_api, workspace, coco_project, coco_mini_images):
     summary = run_pull(coco_project)
     dataset = workspace / "data" / coco_project
@@ -153,19 +157,18 @@ def assert_trains_without_label_warnings(repo: Path, dataset: Path) -> None:
     assert label_warnings == []
 
 
+@integration
 def test_a_second_pull_of_an_unchanged_project_downloads_nothing(prefect_api, workspace, coco_project):
     first = run_pull(coco_project)
     head = git(workspace, "rev-parse", "HEAD")
-    started = time.perf_counter()
     second = run_pull(coco_project)
-    seconds = time.perf_counter() - started
-    print(f"\nno-change pull of 80 images: {seconds:.1f} s")
     assert second["downloaded_images"] == 0
     assert second["dvc_md5"] == first["dvc_md5"]
     assert git(workspace, "rev-parse", "HEAD") == head  # nothing new to commit
     assert second["export_snapshot_id"] == first["export_snapshot_id"]  # the record describes this version
 
 
+@integration
 def test_unlabeled_tasks_stop_the_pull_and_keep_the_previous_dataset(prefect_api, workspace, label_studio):
     images = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
     name = make_project(label_studio, images[:6])
@@ -187,6 +190,7 @@ def test_unlabeled_tasks_stop_the_pull_and_keep_the_previous_dataset(prefect_api
     assert tree_digest(dataset) == before  # the same six labeled images: the same dataset
 
 
+@integration
 def test_too_few_images_are_refused(prefect_api, workspace, label_studio):
     images = read_yolo_pose(COCO8, "train", ["person"])[:3]
     name = make_project(label_studio, images)
@@ -195,6 +199,7 @@ def test_too_few_images_are_refused(prefect_api, workspace, label_studio):
     assert not (workspace / "data" / name).exists()
 
 
+@integration
 def test_an_orphan_keypoint_is_reported_not_lost_silently(prefect_api, workspace, label_studio):
     images = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
     name = f"orphan-{uuid.uuid4().hex[:8]}"
@@ -217,6 +222,7 @@ def test_an_orphan_keypoint_is_reported_not_lost_silently(prefect_api, workspace
     assert len(problems) == 1 and problems[0]["label"] == "nose" and problems[0]["region_id"] == "lost"
 
 
+@integration
 def test_label_studio_down_fails_clearly_and_keeps_the_dataset(prefect_api, workspace, label_studio, monkeypatch):
     images = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
     name = make_project(label_studio, images)
@@ -229,21 +235,69 @@ def test_label_studio_down_fails_clearly_and_keeps_the_dataset(prefect_api, work
     assert tree_digest(workspace / "data" / name) == before
 
 
-def test_a_refused_token_fails_at_once_without_retries(prefect_api, workspace, coco_project, monkeypatch):
+@integration
+def test_a_refused_token_fails_at_once_without_retries(prefect_api, workspace, coco_project, monkeypatch, request_log):
     monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", "0" * 40)
-    started = time.monotonic()
     with pytest.raises(LabelStudioRefused, match="refused the API token") as refused:
         run_pull(coco_project)
     assert "tried" not in str(refused.value) and "is unchanged" in str(refused.value)
-    assert time.monotonic() - started < 20, "a refusal is not worth the retries (2 + 5 + 15 s)"
+    asked = [r.path for r in request_log.requests]
+    assert asked and len(asked) == len(set(asked)), f"a refusal is not worth retrying, but Label Studio was asked {asked}"
 
 
-def test_a_second_pull_at_the_same_time_fails_clearly(workspace):
-    with dataset_lock(Path("data"), "busy"), pytest.raises(PullError, match="another pull of 'busy' is running"):
-        with dataset_lock(Path("data"), "busy"):
+def test_a_dataset_lock_refuses_a_second_holder(tmp_path):
+    with dataset_lock(tmp_path, "busy"), pytest.raises(PullError, match="another pull of 'busy' is running \\(pid "):
+        with dataset_lock(tmp_path, "busy"):
             pass
+    with dataset_lock(tmp_path, "busy"):  # let go after use
+        pass
 
 
+@integration
+def test_two_pulls_at_the_same_time_one_is_refused_and_the_dataset_stays_whole(prefect_api, workspace, label_studio,
+                                                                               monkeypatch):
+    images = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
+    name = make_project(label_studio, images)
+    # The first pull stops right after its export (inside the flow, past the lock) until the second one is over.
+    real_export, first_inside, second_over = steps.export_snapshot, threading.Event(), threading.Event()
+
+    def export_then_hold_the_first(client, project_id):
+        snapshot = real_export(client, project_id)
+        if not first_inside.is_set():
+            first_inside.set()
+            second_over.wait(timeout=600)
+        return snapshot
+
+    monkeypatch.setattr(steps, "export_snapshot", export_then_hold_the_first)
+    outcome: dict[str, object] = {}
+
+    def first_pull() -> None:
+        try:
+            outcome["first"] = run_pull(name)
+        except Exception as e:  # noqa: BLE001 - looked at below
+            outcome["first"] = e
+
+    first = threading.Thread(target=contextvars.copy_context().run, args=(first_pull,))  # with the test's Prefect API
+    first.start()
+    try:
+        assert first_inside.wait(timeout=600), "the first pull never reached Label Studio's export"
+        with pytest.raises(PullError, match=f"another pull of '{name}' is running \\(pid "):
+            run_pull(name)
+    finally:
+        second_over.set()
+        first.join(timeout=900)
+    summary = outcome["first"]
+    assert isinstance(summary, dict), f"the first pull failed: {summary!r}"
+    assert summary["train_images"] + summary["val_images"] == 8
+    dataset = workspace / "data" / name
+    assert len(list((dataset / "images").rglob("*.jpg"))) == len(list((dataset / "labels").rglob("*.txt"))) == 8
+    assert git(workspace, "status", "--porcelain", "--", "data") == "" and json.loads(dvc(workspace, "status", "--json") or "{}") == {}
+    assert not (workspace / "data" / f".{name}.tmp").exists() and not (workspace / "data" / f".{name}.old").exists()
+    monkeypatch.setattr(steps, "export_snapshot", real_export)
+    assert run_pull(name)["dvc_md5"] == summary["dvc_md5"]  # the dataset is the first pull's, whole
+
+
+@integration
 def test_git_checkout_and_dvc_checkout_restore_an_older_dataset(prefect_api, workspace, label_studio):
     images = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
     name = make_project(label_studio, images[:6])
@@ -262,12 +316,16 @@ def test_git_checkout_and_dvc_checkout_restore_an_older_dataset(prefect_api, wor
     assert yaml.safe_load((dataset / "data.yaml").read_text())["kpt_shape"] == [17, 3]
 
 
-def test_bad_pull_params_name_the_key(workspace):
-    (workspace / "params.yaml").write_text("pull:\n  min_imagez: 3\n")
-    with pytest.raises(PullError, match="unknown key pull.min_imagez"):
-        run_pull("anything")
+def test_bad_pull_params_name_the_key(tmp_path, monkeypatch):
+    from poseops.flows.pull_labels import pull_labels
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("pull:\n  min_imagez: 3\n")
+    with pytest.raises(ParamsError, match="unknown key .pull.min_imagez."):
+        pull_labels.fn(dataset="anything")  # the flow's body: it checks before any server
 
 
+@integration
 def test_a_dead_server_url_in_settings_is_reported_with_what_to_do(label_studio):
     dead = replace(label_studio, label_studio_url=f"http://127.0.0.1:{free_port()}")
     from poseops import pull

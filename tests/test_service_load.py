@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import httpx
@@ -20,17 +21,35 @@ from poseops.loadtest import run_load
 pytestmark = pytest.mark.integration
 
 
-def test_bounded_load_fails_nothing_and_memory_stays_flat(detect_service: RunningService):
+def detections(http: httpx.Client, service: RunningService, image) -> list[tuple]:
+    r = http.post(service.url + "/detect", files={"image": image.read_bytes()}, headers=service.headers())
+    assert r.status_code == 200, r.text
+    return [(d["x"], d["y"], d["width"], d["height"], *(k["x"] for k in d["keypoints"])) for d in r.json()]
+
+
+def test_bounded_load_fails_nothing_answers_right_and_memory_stays_flat(detect_service: RunningService):
     warm = run_load(detect_service.url, IMAGES, clients=2, seconds=5, max_requests=16, headers=detect_service.headers())
     assert not warm.failures, warm.failures[:3]
-    result = run_load(detect_service.url, IMAGES, clients=4, seconds=20, max_requests=2000,
-                      headers=detect_service.headers(), pid=detect_service.pid)
+    with httpx.Client(timeout=120) as http:
+        at_rest = {image: detections(http, detect_service, image) for image in IMAGES}
+        loaded: dict = {}
+        load = threading.Thread(target=lambda: loaded.setdefault("result", run_load(
+            detect_service.url, IMAGES, clients=4, seconds=20, max_requests=2000, headers=detect_service.headers(),
+            pid=detect_service.pid)))
+        load.start()
+        under_load = {image: detections(http, detect_service, image) for image in IMAGES}  # while 4 clients post
+        load.join()
+    result = loaded["result"]
     summary = result.summary()
     print("load:", summary)
     assert result.failures == []
     assert result.requests >= 20, summary  # it did load the service (about 2-6 requests/s here)
     assert 19 <= result.seconds <= 20 + 60, summary  # bounded: stops at the deadline (plus one request in flight)
-    assert summary["p99_ms"] >= summary["p50_ms"] > 0
+    # concurrent requests never mix up or change each other's answers (boxes and keypoints to 1 px)
+    assert {i: len(d) for i, d in under_load.items()} == {i: len(d) for i, d in at_rest.items()}
+    for image, found in under_load.items():
+        assert [pytest.approx(d, abs=1.0) for d in at_rest[image]] == found, image.name
+    assert sum(map(len, at_rest.values())) > 0
     growth = result.rss_after_mb - result.rss_before_mb
     assert growth < 150, f"the service grew by {growth:.0f} MiB during the load: {summary}"
 

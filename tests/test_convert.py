@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from poseops import coco
+from poseops import coco, convert, regions
+from poseops.conversion import keypoint, rectangle, visibility
+from poseops.conversion.vocab import vocab
 from poseops.convert import (
     SPLITS,
     ExportError,
@@ -203,6 +205,50 @@ def test_inverse_of_pose_to_results():
     got, problems = results_to_poses(PERSON, poses_to_results(PERSON, poses, 640, 480), task_id=1)
     assert problems == []
     assert_same_poses(got, poses, "synthetic")
+
+
+# --- one Label Studio tag at a time: each module reads back what it writes ---------------
+
+COMMON = {"to_name": IMAGE, "original_width": 100, "original_height": 100, "image_rotation": 0}
+
+
+def test_rectangle_labels_read_back_what_they_write():
+    pose = Pose("thing", (0.125, 0.25, 0.5, 0.375), ((0.0, 0.0, 0), (0.0, 0.0, 0)), confidence=0.9)
+    region = rectangle.box_region(pose, "b1", COMMON)
+    assert (region["type"], region["from_name"], region["score"]) == ("rectanglelabels", BOXES, 0.9)
+    assert region["value"]["rectanglelabels"] == ["thing"] and region["value"]["rotation"] == 0
+    problems: list = []
+    read = rectangle.read_box(vocab(TINY), region, 7, problems, {}, set())
+    assert (read.id, read.cls, (read.x, read.y, read.w, read.h)) == ("b1", "thing", pose.box) and problems == []
+
+
+def test_keypoint_labels_read_back_what_they_write():
+    on = rectangle.Box("b1", "thing", 0.25, 0.25, 0.5, 0.5, 2)
+    region = keypoint.keypoint_region("b1_1", "b1", "bottom", keypoint.keypoint_geometry(0.375, 0.625), COMMON, 0.5)
+    assert (region["type"], region["from_name"], region["parentID"], region["score"]) == (
+        "keypointlabels", KEYPOINTS, "b1", 0.5)
+    ids: set = set()
+    assert keypoint.place_keypoint(vocab(TINY), region, 7, {"b1": on}, set(), set(), ids) is None
+    assert on.kps == [None, (0.375, 0.625, 2)] and ids == {"b1_1"}
+    again = keypoint.place_keypoint(vocab(TINY), {**region, "id": "b1_2"}, 7, {"b1": on}, set(), set(), ids)
+    assert (again.kind, again.dropped, again.region_id) == ("duplicate_keypoint", "keypoint", "b1_2")
+
+
+def test_the_visibility_choice_reads_back_what_it_writes():
+    choice = visibility.occluded_choice("b1_1", keypoint.keypoint_geometry(0.5, 0.5), COMMON)
+    assert visibility.is_visibility(choice) and choice["value"]["choices"] == [OCCLUDED]
+    occluded_ids: set = set()
+    assert visibility.read_visibility(choice, 0, 7, occluded_ids) is None and occluded_ids == {"b1_1"}
+    assert [p.region_id for p in visibility.stray_choices(7, occluded_ids, set())] == ["b1_1"]
+    assert visibility.stray_choices(7, occluded_ids, {"b1_1"}) == []
+    other = visibility.read_visibility({**choice, "value": {"choices": ["visible"]}}, 0, 7, set())
+    assert (other.kind, other.dropped) == ("ignored_region", "region")
+
+
+@pytest.mark.parametrize("module", [convert, regions])
+def test_the_api_modules_re_export_every_name(module):
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert missing == [] and len(module.__all__) == len(set(module.__all__))
 
 
 def test_orphan_keypoint_goes_to_the_box_that_contains_it():

@@ -25,10 +25,10 @@ import httpx
 
 from poseops import tracking
 from poseops.errors import PoseopsError
+from poseops.imageio import DECODE_MEMORY_ENV
+from poseops.paths import checkout_path
 from poseops.processes import ManagedServer, file_lock, port_of
 from poseops.settings import Settings, child_env, secure_home
-
-SERVICE_DIR = Path(__file__).resolve().parents[2] / "bentos"
 
 
 class DeployError(PoseopsError, RuntimeError):
@@ -110,8 +110,8 @@ def service_server(settings: Settings, config=None, bento: str | None = None) ->
     url = settings.service_url
     secure_home(settings.home)
     env = {**(config.to_env() if config is not None else {}), "POSEOPS_HOME": str(settings.home.resolve()),
-           **bentoml_env(settings)}
-    target = [bento] if bento else ["service:PoseDetector", "--working-dir", str(SERVICE_DIR)]
+           **bentoml_env(settings), **DECODE_MEMORY_ENV}
+    target = [bento] if bento else ["service:PoseDetector", "--working-dir", str(checkout_path("bentos"))]
     command = [sys.executable, "-m", "bentoml", "serve", *target, "--host", "127.0.0.1", "--port", str(port_of(url, 3000))]
     return ManagedServer("the detection service", (settings.home / "service").resolve(), url, f"{url}/readyz",
                          command, env, hint="If the port is taken, set POSEOPS_SERVICE_URL to another port.")

@@ -11,11 +11,13 @@ it passes the limit, so an oversized upload never sits in memory whole.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
+import struct
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ from starlette.requests import Request  # FastAPI resolves the handlers' annotat
 from starlette.responses import Response
 
 from poseops.detector import MAX_IMAGE_BYTES, Detector
+from poseops.imageio import MAX_SIDE, PixelBudget
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,46 +51,66 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """A BGR array of the uploaded image as it is shown (`poseops.imageio.displayed_rgb`: EXIF
-    orientation applied, first frame of an animation), or a 400/413 `ApiError`.
+_BROKEN = (OSError, SyntaxError, ValueError, EOFError, struct.error)  # what PIL raises on damaged data
 
-    The pixel count is read from the header and checked before anything is decoded.
-    PIL's own `Image.open` is used (`poseops.imageio.open_image`).
-    """
-    from struct import error as StructError
 
-    import numpy as np
+def open_upload(data: bytes, max_pixels: int):
+    """The uploaded image, header read and its pixel count checked, nothing decoded yet; or a 400/413 `ApiError`."""
     from PIL import Image, UnidentifiedImageError
 
-    from poseops.imageio import UPLOAD_FORMATS, displayed_rgb, open_image
+    from poseops.imageio import UPLOAD_FORMATS, TooManyPixels, open_image
 
-    broken = (OSError, SyntaxError, ValueError, EOFError, StructError)  # what PIL raises on damaged data
     if not data:
         raise ApiError(400, "empty_image", "the 'image' field is empty: attach the image file's bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = open_image(io.BytesIO(data), UPLOAD_FORMATS)
+            return open_image(io.BytesIO(data), UPLOAD_FORMATS, max_pixels)
     except UnidentifiedImageError:
         raise ApiError(
             400,
             "not_an_image",
             "the 'image' field is not an image this server can read: send a JPEG, PNG, WebP, BMP, TIFF or GIF file",
         ) from None
+    except TooManyPixels as e:
+        raise _bomb(e.size, max_pixels) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb(None, max_pixels) from None
-    except broken as e:  # a known format whose header cannot be read
+    except _BROKEN as e:  # a known format whose header cannot be read
         raise _undecodable(e) from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise _bomb((width, height), max_pixels)
+
+
+def pixels_bgr(image) -> np.ndarray:
+    """A BGR array of an opened image as it is shown (`poseops.imageio.displayed_rgb`: EXIF orientation applied,
+    first frame of an animation); a 400 `ApiError` when it does not decode."""
+    import numpy as np
+
+    from poseops.imageio import displayed_rgb
+
     try:
         image.load()
         rgb = displayed_rgb(image)
-    except broken as e:
+    except _BROKEN as e:
         raise _undecodable(e) from None
     return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """A BGR array of the uploaded image as it is shown, or a 400/413 `ApiError`.
+
+    The pixel count is read from the header and checked before anything is decoded.
+    """
+    with open_upload(data, max_pixels) as image:
+        return pixels_bgr(image)
+
+
+@contextlib.contextmanager
+def decoded_within(budget: PixelBudget, data: bytes, max_pixels: int) -> Iterator[np.ndarray]:
+    """`decode_image`, holding the image's pixels in `budget` from decoding until the caller is done with them."""
+    with open_upload(data, max_pixels) as image:
+        width, height = image.size
+        with budget.hold(width * height):
+            yield pixels_bgr(image)
 
 
 def _undecodable(e: Exception) -> ApiError:
@@ -101,8 +124,8 @@ def _bomb(size: tuple[int, int] | None, max_pixels: int) -> ApiError:
     return ApiError(
         413,
         "decompression_bomb",
-        f"the image declares {declared}, over this server's limit of {max_pixels:,} pixels; "
-        "scale it down before sending",
+        f"the image declares {declared}, over this server's limit of {max_pixels:,} pixels "
+        f"(or {MAX_SIDE:,} pixels a side); scale it down before sending",
     )
 
 
@@ -242,6 +265,7 @@ def create_app(get_detector: Callable[[], Detector], static_dir: Path) -> FastAP
 
     app = FastAPI(title="poseops", docs_url=None, redoc_url=None, openapi_url=None)
     limiter = anyio.CapacityLimiter(INFERENCE_THREADS)
+    budgets: dict[int, PixelBudget] = {}  # pixels decoded at once, across requests: at most max_pixels
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> Response:  # 404/405 of this app's own routes
@@ -268,9 +292,12 @@ def create_app(get_detector: Callable[[], Detector], static_dir: Path) -> FastAP
             iou = parse_threshold("iou_thres", values.get("iou_thres"))
             ocr_model, ocr_classes, ocr_language = parse_ocr(detector, values.get("ocr_model"), values.get("ocr_classes"), values.get("ocr_language"))
 
+            max_pixels = detector.config.max_pixels
+            budget = budgets.setdefault(max_pixels, PixelBudget(max_pixels))
+
             def run() -> list[dict[str, Any]]:
-                image = decode_image(values["image"], detector.config.max_pixels)
-                return detector.detect(image, conf, iou, ocr_model, ocr_classes, ocr_language)
+                with decoded_within(budget, values["image"], max_pixels) as image:
+                    return detector.detect(image, conf, iou, ocr_model, ocr_classes, ocr_language)
 
             return JSONResponse(await anyio.to_thread.run_sync(run, limiter=limiter))
         except ApiError as e:

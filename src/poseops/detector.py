@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poseops import __version__
+from poseops.imageio import DEFAULT_MAX_PIXELS  # decoded size limit (decompression bombs)
 from poseops.inference import RUNTIMES, ModelError, PoseModel
 from poseops.skeleton import Skeleton, load_skeleton
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "yolo11n-pose.pt"
 DEFAULT_SKELETON = "label_config/skeletons/person.yaml"
-DEFAULT_MAX_PIXELS = 64_000_000  # decoded size limit (decompression bombs); ~8000 x 8000
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
 MAX_OCR_CROPS = 16  # per request
 MIN_OCR_CROP_PX = 8

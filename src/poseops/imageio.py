@@ -1,9 +1,23 @@
-"""Opening untrusted image files, and their pixels as they are shown."""
+"""Opening untrusted image files, and their pixels as they are shown.
+
+A pixel budget guards every decode: `open_image` reads the header and refuses an image
+whose declared size (the frame that gets decoded, in every format) is over
+`POSEOPS_MAX_PIXELS` pixels, or whose side is over `MAX_SIDE`, before a pixel is decoded, so
+a few hundred bytes claiming 8000 x 8000 cost nothing. `PixelBudget` bounds what several
+threads decode at once: together they hold at most that many pixels, whatever the number
+of requests.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from poseops.errors import PoseopsError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -14,10 +28,42 @@ EXIF_ORIENTATION = 0x0112
 # of many cameras too, first picture). Not PIL's every format: EPS would run Ghostscript on
 # the upload, and the rare ones (PSD, FITS, ...) are attack surface nobody needs.
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+MAX_PIXELS_ENV = "POSEOPS_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; decoding costs about 12 bytes a pixel
+# For a process that decodes under a PixelBudget: glibc's malloc otherwise raises its mmap threshold after the
+# first large free and keeps big freed buffers in per-thread arenas, so each thread's peak stays resident and
+# memory grows with the thread count whatever the budget. A fixed threshold returns them to the system.
+DECODE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+MAX_SIDE = 65_535  # no format poseops reads stores a longer side (JPEG's limit); a 1 x 64M strip is refused
 
 
-def open_image(fp, formats: tuple[str, ...] | None = None):
-    """PIL's own `Image.open`, optionally limited to `formats`.
+class TooManyPixels(PoseopsError, ValueError):
+    """An image whose header declares more pixels (or a longer side) than the budget allows; nothing was decoded."""
+
+    def __init__(self, width: int, height: int, max_pixels: int) -> None:
+        super().__init__(f"the image declares {width} x {height} = {width * height:,} pixels, over the limit of "
+                         f"{max_pixels:,} pixels (and {MAX_SIDE:,} a side; {MAX_PIXELS_ENV} sets the limit): "
+                         "scale it down first")
+        self.size = (width, height)
+        self.max_pixels = max_pixels
+
+
+def max_pixels_setting(env: dict[str, str] | None = None) -> int:
+    """The per-image pixel budget: POSEOPS_MAX_PIXELS, else DEFAULT_MAX_PIXELS."""
+    raw = (os.environ if env is None else env).get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ValueError(f"{MAX_PIXELS_ENV}={raw!r}: expected a positive whole number of pixels")
+    return int(raw)
+
+
+def open_image(fp, formats: tuple[str, ...] | None = None, max_pixels: int | None = None):
+    """PIL's own `Image.open`, optionally limited to `formats`, refusing (`TooManyPixels`) an image over the budget.
+
+    Only the header is read: the pixels decode later (`load`), and only when the declared
+    size of the frame that decodes (the first) is within `max_pixels` (default: the
+    POSEOPS_MAX_PIXELS setting) and each side within MAX_SIDE.
 
     Ultralytics replaces `Image.open` at import with a version that tries to pip-install a
     HEIF plugin whenever a file is not an image; offline that fails with ModuleNotFoundError
@@ -26,7 +72,35 @@ def open_image(fp, formats: tuple[str, ...] | None = None):
     from PIL import Image
 
     original = getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", None)
-    return (original or Image.open)(fp, formats=formats)
+    image = (original or Image.open)(fp, formats=formats)
+    limit = max_pixels_setting() if max_pixels is None else max_pixels
+    width, height = image.size
+    if width * height > limit or max(width, height) > MAX_SIDE:
+        image.close()
+        raise TooManyPixels(width, height, limit)
+    return image
+
+
+class PixelBudget:
+    """Pixels being decoded (and held) at once across threads: at most `total`; a request waits for room."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._room = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.total)  # one image over the total still runs, alone
+        with self._room:
+            self._room.wait_for(lambda: self.used + pixels <= self.total)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._room:
+                self.used -= pixels
+                self._room.notify_all()
 
 
 def displayed_rgb(image: Image.Image) -> Image.Image:

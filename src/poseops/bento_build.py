@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-SERVICE_DIR = REPO / "bentos"
+from poseops.paths import checkout_path
+
 BENTO_NAME = "poseops"
 MODEL_FILES = ("model.onnx", "best.pt", "skeleton.yaml", "lineage.json")
 DEPLOYED_MODEL_FILE = "deployed_model.json"  # read by bentos/service.py: the model store tag it serves
@@ -65,10 +65,11 @@ def save_model(files: Path) -> str:
 def project_wheel(dest: Path) -> Path:
     """The poseops wheel, built from this checkout, so that the Bento's image can install the package."""
     dest.mkdir(parents=True, exist_ok=True)
-    scratch = REPO / "build"  # setuptools' build folder in the checkout: removed again unless it was there
+    repo = checkout_path("src").parent
+    scratch = repo / "build"  # setuptools' build folder in the checkout: removed again unless it was there
     had_scratch = scratch.exists()
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                           "--disable-pip-version-check", "-q", "-w", str(dest), str(REPO)],
+                           "--disable-pip-version-check", "-q", "-w", str(dest), str(repo)],
                           capture_output=True, text=True, check=False)
     if not had_scratch:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -84,22 +85,14 @@ def build_bento(model_tag: str, runtime: str) -> str:
 
     with tempfile.TemporaryDirectory(prefix="poseops-bento-") as tmp:
         context = Path(tmp)
-        shutil.copy2(SERVICE_DIR / "service.py", context / "service.py")
-        shutil.copytree(SERVICE_DIR / "static", context / "static")
+        service_dir = checkout_path("bentos")
+        shutil.copy2(service_dir / "service.py", context / "service.py")
+        shutil.copytree(service_dir / "static", context / "static")
+        shutil.copy2(checkout_path("constraints.txt"), context / "constraints.txt")
         (context / DEPLOYED_MODEL_FILE).write_text(json.dumps({"tag": model_tag}) + "\n")
         wheel = project_wheel(context / "wheels")
-        bentofile = {
-            "service": "service:PoseDetector",
-            "name": BENTO_NAME,
-            "labels": {"model": model_tag.replace(":", "-")},
-            "include": ["service.py", "static/*.html", DEPLOYED_MODEL_FILE],
-            "python": {"requirements_txt": "constraints.txt",
-                       "wheels": [str(wheel.relative_to(context))], "lock_packages": False},
-            "envs": [{"name": "POSEOPS_RUNTIME", "value": runtime}, {"name": "YOLO_OFFLINE", "value": "true"},
-                     {"name": "POSEOPS_HOME", "value": "/home/bentoml/.poseops"}],
-            "docker": {"python_version": "3.11", "system_packages": ["tesseract-ocr"]},
-        }
-        shutil.copy2(REPO / "constraints.txt", context / "constraints.txt")
+        bentofile = bentofile_for(yaml.safe_load((service_dir / "bentofile.yaml").read_text()), model_tag, runtime,
+                                  str(wheel.relative_to(context)))
         (context / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
         here = Path.cwd()
         os.chdir(context)  # BentoML resolves the files a bentofile names inside the working directory
@@ -109,6 +102,19 @@ def build_bento(model_tag: str, runtime: str) -> str:
             os.chdir(here)
     prune_old_bentos(keep=str(bento.tag))
     return str(bento.tag)
+
+
+def bentofile_for(base: dict, model_tag: str, runtime: str, wheel: str) -> dict:
+    """bentos/bentofile.yaml plus what depends on the version packed: model, wheel, runtime, Python."""
+    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return {
+        **base,
+        "labels": {**base.get("labels", {}), "model": model_tag.replace(":", "-")},
+        "include": [*base.get("include", []), DEPLOYED_MODEL_FILE],
+        "python": {**base.get("python", {}), "wheels": [wheel]},
+        "envs": [*base.get("envs", []), {"name": "POSEOPS_RUNTIME", "value": runtime}],
+        "docker": {**base.get("docker", {}), "python_version": python_version},
+    }
 
 
 def prune_old_bentos(keep: str) -> None:

@@ -21,6 +21,7 @@ from poseops.cli_common import user_errors
 from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from poseops.detector import DEFAULT_SKELETON, DEFAULT_WEIGHTS
 from poseops.errors import PoseopsError
+from poseops.paths import checkout_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,10 +35,10 @@ IouOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="IoU threshold of 
 
 
 def default_service_dir() -> Path:
-    for candidate in (Path.cwd() / "bentos", Path(__file__).resolve().parents[2] / "bentos"):
-        if (candidate / "service.py").is_file():
-            return candidate
-    raise typer.BadParameter("cannot find bentos/service.py: run from the repository root or pass --service-dir")
+    local = Path.cwd() / "bentos"
+    if (local / "service.py").is_file():
+        return local
+    return checkout_path("bentos")
 
 
 def serve(
@@ -53,7 +54,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP with `bentoml serve`: POST /detect, playground at /, docs at /docs."""
     from poseops.detector import Detector, ServiceConfig
-    from poseops.inference import poseops_home
+    from poseops.settings import load_settings
     from poseops.weights import resolve_weights
 
     resolved = resolve_weights(weights)
@@ -69,7 +70,7 @@ def serve(
         Detector(config)  # checks paths, spec, keys and lineage now, before the server starts
     except (ValueError, RuntimeError) as e:
         raise PoseopsError(str(e)) from None
-    env = {**os.environ, **config.to_env(), "POSEOPS_HOME": str(poseops_home().resolve())}
+    env = {**os.environ, **config.to_env(), "POSEOPS_HOME": str(load_settings().home.resolve())}
     command = [
         sys.executable, "-m", "bentoml", "serve", "service:PoseDetector",
         "--working-dir", str((service_dir or default_service_dir()).resolve()),
@@ -232,9 +233,9 @@ def api_key(
 ) -> None:
     """Make an API key: its hash goes into the keys file, the key itself is printed once."""
     from poseops.apikeys import add_key
-    from poseops.inference import poseops_home
+    from poseops.settings import load_settings
 
-    path = keys_file or poseops_home() / "api-keys.yaml"
+    path = keys_file or load_settings().home / "api-keys.yaml"
     try:
         key = add_key(path, name, monthly_quota)
     except ValueError as e:

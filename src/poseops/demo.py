@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +25,15 @@ import yaml
 from poseops import labelstudio_server
 from poseops.coco import read_yolo_pose
 from poseops.datasets import create_dataset, upload_images
+from poseops.dvc import run_dvc
 from poseops.labelstudio import LabelStudioClient
+from poseops.paths import CHECKOUT, checkout_path
 from poseops.regions import poses_to_results
 from poseops.settings import _ENV_KEYS, Settings
 from poseops.skeleton import Skeleton, load_skeleton
+from poseops.training.layout import link_package
 
 DEMO_DATASET = "demo-people"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pipelines", "label_config", ".dvcignore")
 DEMO_PARAMS = {
     # a short fine-tune of pretrained weights: gentle SGD (optimizer=auto picks AdamW at lr 0.002, which
@@ -92,7 +93,7 @@ def mirrored_copies(images: list[Path], dest: Path) -> list[Path]:
     return out
 
 
-def make_workspace(dest: Path, params_update: dict, source: Path = PROJECT_ROOT) -> Path:
+def make_workspace(dest: Path, params_update: dict, source: Path = CHECKOUT) -> Path:
     """A checkout of the pipeline (dvc.yaml, params.yaml, pipelines/, label_config/) with git and DVC, made once.
 
     `params_update` maps a params.yaml section to the keys to change in it, or a top-level key to its value.
@@ -114,9 +115,12 @@ def make_workspace(dest: Path, params_update: dict, source: Path = PROJECT_ROOT)
             params[section] = values
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dest / ".gitignore").write_text("runs/\n.poseops/\n")
+    link_package(dest)  # dvc.yaml's stages depend on the package modules they run
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "demo@poseops.local"],
-                ["git", "config", "user.name", "poseops demo"], [sys.executable, "-m", "dvc", "init", "-q"],
-                ["git", "add", "-A"], ["git", "commit", "-qm", "poseops workspace"]):
+                ["git", "config", "user.name", "poseops demo"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    run_dvc(["init", "-q"], dest)
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "poseops workspace"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     return dest
 
@@ -145,7 +149,7 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print) -> DemoResu
         server.up()
     stack.connect_prefect(settings)
 
-    spec = PROJECT_ROOT / "label_config" / "skeletons" / "person.yaml"
+    spec = checkout_path("label_config", "skeletons", "person.yaml")
     skeleton = load_skeleton(spec)
     images = sample_images()
     labels = sample_labels(images, skeleton)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from poseops.convert import file_sha256
 from poseops.errors import PoseopsError
+from poseops.settings import load_settings
 from poseops.skeleton import Skeleton
 from poseops.weights import UnsafeWeightsError, check_checkpoint, load_checkpoint, prepare_ultralytics, resolve_weights
 
@@ -48,10 +49,6 @@ KEYPOINT_DRAW_THRESHOLD = 0.5  # the keypoint confidence below which drawings le
 
 class ModelError(PoseopsError, RuntimeError):
     """Weights that cannot be loaded or do not fit the skeleton spec; the message says what to change."""
-
-
-def poseops_home() -> Path:
-    return Path(os.environ.get("POSEOPS_HOME", ".poseops"))
 
 
 def model_imgsz(weights: Path) -> int:
@@ -82,7 +79,7 @@ def export_onnx(weights: str | Path, imgsz: int = DEFAULT_IMGSZ, cache_dir: Path
     which makes concurrent first starts safe.
     """
     weights = Path(weights)
-    cache_dir = (cache_dir or poseops_home() / "onnx").resolve()
+    cache_dir = (cache_dir or load_settings().home / "onnx").resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"{weights.stem}-{file_sha256(weights)[:16]}-{imgsz}.onnx"
     if target.is_file():

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from poseops.errors import PoseopsError
+from poseops.settings import load_settings
 
 SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
 
@@ -67,7 +68,7 @@ def prepare_ultralytics(config_dir: Path | None = None) -> None:
     """
     os.environ[SAFE_LOAD_ENV] = "1"  # read by Ultralytics at import: checkpoints load with weights_only=True
     if config_dir is None:
-        config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or Path(os.environ.get("POSEOPS_HOME", ".poseops")) / "ultralytics")
+        config_dir = Path(os.environ.get("YOLO_CONFIG_DIR") or load_settings().home / "ultralytics")
     config_dir = config_dir.resolve()
     config_dir.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from poseops.pull_results import PullResult
 
 
 def artifact_key(prefix: str, name: str) -> str:
@@ -47,19 +50,17 @@ class PullSummary:
     manifest: dict[str, Any] = field(default_factory=dict)  # the dataset's manifest.json
 
     @classmethod
-    def of(cls, result: Any, downloaded_images: int) -> PullSummary:
-        """From a `poseops.pull.PullResult` (its pull record and manifest)."""
-        record, manifest = dict(result.record), dict(result.manifest)
-        conversion = manifest.get("conversion") or {}
+    def of(cls, result: PullResult, downloaded_images: int) -> PullSummary:
+        record, manifest = result.pull_record, result.dataset_manifest
         return cls(
-            dataset=record["dataset"], dataset_dir=str(result.dataset_dir),
-            label_studio_url=record["label_studio_url"], label_studio_project_id=record["label_studio_project_id"],
-            export_snapshot_id=record["export_snapshot_id"], tasks=record["tasks"],
-            labeled_tasks=record["labeled_tasks"], train_images=manifest["train_images"],
-            val_images=manifest["val_images"], keypoints_per_label=dict(conversion["keypoints_per_label"]),
-            problems=[p["message"] if isinstance(p, dict) else str(p) for p in conversion.get("problems") or []],
+            dataset=record.dataset, dataset_dir=str(result.dataset_dir), label_studio_url=record.label_studio_url,
+            label_studio_project_id=record.label_studio_project_id, export_snapshot_id=record.export_snapshot_id,
+            tasks=record.tasks, labeled_tasks=record.labeled_tasks, train_images=manifest.train_images,
+            val_images=manifest.val_images, keypoints_per_label=dict(manifest.conversion.keypoints),
+            problems=[f"task {p.task_id}: {p.message}" for p in manifest.conversion.problems],
             warnings=list(result.warnings), dvc_md5=result.dvc_md5, pushed=result.pushed,
-            git_commit=result.git_commit, downloaded_images=downloaded_images, record=record, manifest=manifest)
+            git_commit=result.git_commit, downloaded_images=downloaded_images, record=result.record,
+            manifest=result.manifest)
 
     def to_dict(self) -> dict[str, Any]:
         """The flow's result: the pull record and the manifest, with where the dataset went."""

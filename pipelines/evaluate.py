@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 from poseops.params import load_params
-from poseops.training import Layout, evaluate, run_stage
+from poseops.training.evaluation import evaluate
+from poseops.training.layout import Layout, run_stage
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
 
     def step() -> None:
         layout = Layout(prepared=args.prepared, train=args.train, evaluate=args.out, metrics=args.metrics)
-        print(json.dumps(evaluate(load_params(), layout=layout), indent=2))
+        print(json.dumps(evaluate(load_params(), layout=layout).metrics, indent=2))
 
     run_stage(step)
 

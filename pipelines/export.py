@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from poseops.params import load_params
-from poseops.training import Layout, export, run_stage
+from poseops.training.layout import Layout, run_stage
+from poseops.training.register import export
 
 
 def main() -> None:

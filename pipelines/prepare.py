@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from poseops.params import load_params
-from poseops.training import Layout, prepare, run_stage
+from poseops.training.dataset import prepare
+from poseops.training.layout import Layout, run_stage
 
 
 def main() -> None:
@@ -21,8 +22,8 @@ def main() -> None:
 
     def step() -> None:
         info = prepare(load_params(), layout=Layout(prepared=args.out))
-        splits = ", ".join(f"{s}: {v['images']} images, {v['instances']} instances" for s, v in info["splits"].items())
-        print(f"prepared {info['name']} ({info['dvc_hash']}): {splits}")
+        splits = ", ".join(f"{s}: {v.images} images, {v.instances} instances" for s, v in info.splits.items())
+        print(f"prepared {info.name} ({info.dvc_hash}): {splits}")
 
     run_stage(step)
 

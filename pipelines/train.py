@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 
 from poseops.params import load_params
-from poseops.training import Layout, run_stage, train
+from poseops.training.fit import train
+from poseops.training.layout import Layout, run_stage
 
 
 def main() -> None:

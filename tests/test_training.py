@@ -11,7 +11,7 @@ Trainings are shared through module-scoped fixtures, each done once:
 
 from __future__ import annotations
 
-import importlib.util
+import ast
 import json
 import os
 import shutil
@@ -25,6 +25,7 @@ import yaml
 from conftest import SHARED_DATASETS
 
 from poseops import tracking, training
+from poseops.dvc import run_dvc
 from poseops.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,85 @@ def test_prepare_refuses_a_dataset_made_with_another_skeleton(tmp_path):
         training.prepare(load_params(root / "params.yaml"), root)
 
 
+def test_prepare_writes_typed_dataset_info_and_redacts_secrets(tmp_path):
+    root = make_project(tmp_path / "p", git=False)
+    info = training.prepare(load_params(root / "params.yaml"), root)
+    assert info.splits["train"].images == 4 and info.splits["val"].instances > 0
+    assert info.source["export_snapshot_id"] == 42 and info.pull["label_studio_token"] == "***"
+    written = json.loads((root / "data" / "prepared" / "dataset.json").read_text())
+    assert list(written) == ["name", "dir", "dvc_hash", "manifest", "pull", "splits", "kpt_shape", "skeleton"]
+    assert training.read_dataset_info(training.Layout().under(root)) == info
+
+
+# --- dvc.yaml: stages depend on the code they run --------------------------------------------------------
+
+
+def poseops_imports(path: Path, src: Path) -> set[str]:
+    """The poseops modules a file imports (anywhere in it, functions included), as module names."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return {m for m in found if m.split(".")[0] == "poseops" and module_file(m, src)}
+
+
+def module_file(module: str, src: Path) -> Path | None:
+    base = src.joinpath(*module.split("."))
+    return next((p for p in (base / "__init__.py", base.with_suffix(".py")) if p.is_file()), None)
+
+
+def code_closure(script: Path, src: Path) -> set[str]:
+    """Every poseops module file a stage script runs: its imports, theirs, and the packages around them."""
+    seen: set[str] = set()
+    todo = poseops_imports(script, src)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            parts = module.split(".")
+            todo |= {".".join(parts[:i]) for i in range(1, len(parts))}
+            todo |= poseops_imports(module_file(module, src), src)
+    return {module_file(m, src).relative_to(src.parent).as_posix() for m in seen}
+
+
+def test_each_stage_depends_on_the_package_modules_it_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    src = ROOT / "src"
+    for name, stage in stages.items():
+        listed = {d for d in stage["deps"] if d.startswith("src/")}
+        needed = code_closure(ROOT / "pipelines" / f"{name}.py", src)
+        assert listed == needed, (f"dvc.yaml stage {name}: add {sorted(needed - listed)}, "
+                                  f"remove {sorted(listed - needed)}")
+    assert "src/poseops/training/fit.py" not in stages["prepare"]["deps"]  # precise: training code reruns train only
+    assert "src/poseops/training/promotion.py" not in {d for s in stages.values() for d in s["deps"]}
+
+
+@pytest.mark.integration
+def test_a_package_change_makes_dvc_status_report_the_stages_it_affects(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    package = tmp_path / "package" / "poseops"  # a copy of the package, so that the test can change it
+    shutil.copytree(Path(training.__file__).parents[1], package, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "src").mkdir()
+    (root / "src" / "poseops").symlink_to(package, target_is_directory=True)  # what link_package does
+    make_project(root, git=True)
+    run_dvc(["repro", "prepare"], root)
+
+    def changed() -> dict:
+        return json.loads(run_dvc(["status", "--json"], root).stdout or "{}")
+
+    assert "prepare" not in changed()
+    with (package / "training" / "fit.py").open("a") as f:
+        f.write("# a change to the train stage's code\n")
+    assert "prepare" not in changed() and "train" in changed()
+    with (package / "training" / "dataset.py").open("a") as f:
+        f.write("# a change to the prepare stage's code\n")
+    status = changed()
+    assert {"changed deps": {"src/poseops/training/dataset.py": "modified"}} in status["prepare"], status
+
+
 # --- helpers -------------------------------------------------------------------------------------------
 
 
@@ -89,7 +169,7 @@ def make_dataset(dest: Path) -> Path:
 
 
 def make_project(root: Path, git: bool = True, overrides: dict | None = None) -> Path:
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "pipelines", root / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, root)
@@ -105,6 +185,7 @@ def make_project(root: Path, git: bool = True, overrides: dict | None = None) ->
         node[key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".gitignore").write_text("__pycache__/\n")
+    training.link_package(root)  # dvc.yaml's stages depend on the package modules
     if git:
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"],
                     [*DVC, "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "dvc init"]):
@@ -376,9 +457,7 @@ def test_flow_reports_the_run_and_promotes(pipeline, resumed, env):
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    spec = importlib.util.spec_from_file_location("poseops_flows_train", ROOT / "flows" / "train.py")
-    flows_train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(flows_train)
+    from poseops.flows import train as flows_train
 
     env.mlc.set_registered_model_alias(MODEL, "champion", resumed.version)
     runs_before = len(env.mlc.search_runs([e.experiment_id for e in env.mlc.search_experiments()]))
@@ -391,4 +470,3 @@ def test_flow_reports_the_run_and_promotes(pipeline, resumed, env):
     assert artifact["type"] == "markdown"
     assert f"/runs/{pipeline.run_id})" in artifact["data"] and "| pose_mAP50-95 |" in artifact["data"]
     assert f"models:/{MODEL}/{pipeline.version}" in artifact["data"]
-

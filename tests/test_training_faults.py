@@ -38,7 +38,7 @@ def store(tmp_path_factory):
     mlc = tracking.client(env["MLFLOW_TRACKING_URI"])
     run_id = tracking.start_run(mlc, "poseops", "pretrained", {})
     mlc.log_artifact(run_id, str(SHARED / "weights" / "yolo11n-pose.pt"), training.MODEL_ARTIFACTS)
-    tracking.end_run(mlc, run_id)
+    mlc.set_terminated(run_id)
     ref = tracking.register_version(mlc, MODEL, run_id, training.MODEL_ARTIFACTS, {"run_id": run_id})
     mlc.set_registered_model_alias(MODEL, "champion", ref.version)
     return SimpleNamespace(db=db, env=env, mlc=mlc, champion=ref.version)
@@ -116,7 +116,7 @@ def test_killed_training_is_marked_failed_and_resumes_from_last_pt(store, tmp_pa
         os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a kill -9 or the OOM killer would
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    done = training._checkpoint_epochs(root / "runs" / "train" / "weights" / "last.pt")
+    done = training.checkpoint_epochs(root / "runs" / "train" / "weights" / "last.pt")
     assert done in (1, 2), "killed before the training finished"
     before = results_rows(root)
     assert mlc.get_run(killed_run).info.status == "RUNNING"  # nobody could end it

@@ -89,7 +89,7 @@ def test_the_service_and_deploy_refuse_a_canary(canary, tmp_path):
 
 
 def test_training_refuses_a_canary_as_init_weights_and_as_the_checkpoint_to_resume(canary, tmp_path):
-    from poseops.training import _checkpoint_epochs
+    from poseops.training import checkpoint_epochs
 
     path, marker = canary
     with pytest.raises(UnsafeWeightsError, match="canary.pt"):
@@ -97,7 +97,7 @@ def test_training_refuses_a_canary_as_init_weights_and_as_the_checkpoint_to_resu
     last = tmp_path / "last.pt"
     shutil.copyfile(path, last)
     with pytest.raises(UnsafeWeightsError, match="last.pt: refused as weights"):
-        _checkpoint_epochs(last)
+        checkpoint_epochs(last)
     last.write_bytes(PRETRAINED.read_bytes()[:5000])  # cut short by a kill: not resumable, not an error
-    assert _checkpoint_epochs(last) is None
+    assert checkpoint_epochs(last) is None
     assert not marker.exists()

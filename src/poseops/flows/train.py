@@ -33,7 +33,7 @@ def run_pipeline(root: str, overrides: list[str], use_dvc: bool) -> dict[str, An
     else:
         params = load_params(Path(root) / "params.yaml", dict(map(parse_override, overrides)))
         training.run_stages(params, Path(root))
-    return training.pipeline_outputs(Path(root))
+    return training.pipeline_outputs(Path(root)).to_dict()
 
 
 @task(name="promote")
@@ -61,7 +61,7 @@ def train_flow(root: str = ".", overrides: list[str] | None = None, use_dvc: boo
     overrides = list(overrides or [])
     params = load_params(Path(root) / "params.yaml", dict(map(parse_override, overrides)))  # fail before any work
     tracking.check_store()  # an unreachable or locked MLflow store too
-    resumed = training.interrupted_training(params, Path(root), mlc=tracking.client()) if resume else None
+    resumed = asdict(training.interrupted_training(params, Path(root), mlc=tracking.client())) if resume else None
     if resumed:
         get_run_logger().info("resuming from %s after epoch %s (interrupted MLflow run %s)",
                               resumed["last"], resumed["epochs_done"], resumed["run_id"])

@@ -1,0 +1,105 @@
+"""Promotion: move the `champion` alias to a version when it is at least as good (not a DVC stage:
+it changes the registry, not files)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from poseops.params import Params
+from poseops.tracking.registry import download, resolve_model_uri, set_version_tags, version_for_alias
+from poseops.tracking.runs import set_tags
+from poseops.tracking.store import client
+from poseops.training.dataset import read_dataset_info
+from poseops.training.evaluation import eval_key, validate
+from poseops.training.init_weights import find_weights
+from poseops.training.layout import Layout, resolved_data_yaml
+from poseops.training.register import read_version
+
+
+@dataclass(frozen=True)
+class Promotion:
+    promoted: bool
+    reason: str
+    metric: str
+    candidate_version: str
+    candidate_value: float
+    champion_version: str | None
+    champion_value: float | None
+    min_improvement: float
+
+
+def better_enough(candidate: float, champion: float | None, min_improvement: float) -> bool:
+    """The promotion rule: no champion yet, or candidate ≥ champion + min_improvement (0: at least as good)."""
+    return champion is None or candidate >= champion + min_improvement - 1e-9
+
+
+def promote(params: Params, root: Path = Path("."), layout: Layout = Layout(), version: str | None = None,
+            mlc=None) -> Promotion:
+    """Compare a version with the alias holder on the current val split; move the alias when the rule holds.
+
+    Both figures come from the versions' own evaluation when it was made on the same split and
+    settings (`eval_key`), else from evaluating their weights now. Both are recorded as tags on
+    the candidate version and its run.
+    """
+    root = root.resolve()
+    lay = layout.under(root)
+    mlc = mlc or client()
+    name, alias, metric = params.mlflow.registered_model, params.promote.alias, params.promote.metric
+    version = version or read_version(lay).version
+    candidate = resolve_model_uri(mlc, f"models:/{name}/{version}")
+    champion = version_for_alias(mlc, name, alias)
+    key = eval_key(params, read_dataset_info(lay))
+    with tempfile.TemporaryDirectory(prefix="poseops-promote-") as tmp:
+        figure = _Figure(params, lay, key, metric, Path(tmp))
+        cand_value = figure(candidate)
+        champ_value = figure(champion) if champion is not None else None
+    result = _decide(params, str(candidate.version), cand_value,
+                     str(champion.version) if champion is not None else None, champ_value)
+    tags = {
+        "promotion.metric": metric, "promotion.candidate_value": f"{cand_value:.6f}",
+        "promotion.champion_version": result.champion_version or "none",
+        "promotion.champion_value": f"{champ_value:.6f}" if champ_value is not None else "none",
+        "promotion.min_improvement": params.promote.min_improvement, "promotion.eval_key": key,
+        "promotion.decision": "promoted" if result.promoted else "kept", "promotion.reason": result.reason,
+        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    set_version_tags(mlc, name, str(candidate.version), tags)
+    if candidate.run_id:
+        set_tags(mlc, candidate.run_id, tags)
+    if result.promoted:
+        mlc.set_registered_model_alias(name, alias, str(candidate.version))
+    return result
+
+
+def _decide(params: Params, candidate: str, cand_value: float, champion: str | None,
+            champ_value: float | None) -> Promotion:
+    """The decision and its reason in words."""
+    alias, metric, margin = params.promote.alias, params.promote.metric, params.promote.min_improvement
+    if champion is not None and champion == candidate:
+        promoted, reason = False, f"version {candidate} already is {alias}"
+    else:
+        promoted = better_enough(cand_value, champ_value, margin)
+        if champ_value is None:
+            reason = f"no {alias} yet"
+        else:
+            rel = "≥" if promoted else "<"
+            reason = f"{metric} {cand_value:.4f} {rel} {champ_value:.4f} + {margin}"
+    return Promotion(promoted, reason, metric, candidate, cand_value, champion, champ_value, margin)
+
+
+class _Figure:
+    """A version's promotion metric on the current eval setting: from its tags when comparable, else measured."""
+
+    def __init__(self, params: Params, lay: Layout, key: str, metric: str, tmp: Path):
+        self.params, self.lay, self.key, self.metric, self.tmp = params, lay, key, metric, tmp
+
+    def __call__(self, mv) -> float:
+        if mv.tags.get("eval_key") == self.key and f"metrics.{self.metric}" in mv.tags:
+            return float(mv.tags[f"metrics.{self.metric}"])
+        local = download(f"models:/{mv.name}/{mv.version}", self.tmp / f"v{mv.version}")
+        data_yaml = resolved_data_yaml(self.lay.prepared / "data.yaml", self.tmp / "data.yaml")
+        return validate(find_weights(local, f"models:/{mv.name}/{mv.version}"), data_yaml, self.params,
+                        self.tmp / f"val-v{mv.version}")[self.metric]

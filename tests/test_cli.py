@@ -73,3 +73,38 @@ def test_convert_an_export_from_the_command_line(tmp_path):
     assert len(labels) == 4 and sum(len(p.read_text().splitlines()) for p in labels) == sum(len(i.poses) for i in images)
     assert result.stdout.startswith(f"wrote {out}")
     assert not any("passwd" in str(p) for p in out.rglob("*"))
+
+
+def test_service_commands_say_when_nothing_is_deployed(tmp_path):
+    from conftest import free_port
+
+    env = {**__import__("os").environ, "POSEOPS_HOME": str(tmp_path / "home"),
+           "POSEOPS_SERVICE_URL": f"http://127.0.0.1:{free_port()}"}
+    run = [sys.executable, "-m", "poseops.cli", "service"]
+    up = subprocess.run([*run, "up"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert up.returncode == 1 and "Traceback" not in up.stderr
+    assert "no Bento deployed yet" in up.stderr and "poseops deploy" in up.stderr
+    status = subprocess.run([*run, "status"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert status.returncode == 1 and "not answering" in status.stdout
+    down = subprocess.run([*run, "down"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert down.returncode == 0 and "nothing to stop: the detection service started by poseops is not running" in down.stdout
+
+
+def test_every_command_exits_1_on_a_known_problem_and_prints_one_line(tmp_path):
+    """One policy for every command: a PoseopsError is one `error:` line and exit 1 (predict, api-key, train, ...)."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys: 5\n")
+    cases = [
+        ("predict", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "x.jsonl")),
+        ("api-key", "alice", "--keys-file", str(keys)),
+        ("train", "--root", str(tmp_path)),
+        ("deploy", "--params", str(tmp_path / "params.yaml"), "--model", "runs:/not-a-model"),
+    ]
+    (tmp_path / "nothing-here").mkdir()
+    for args in cases:
+        result = subprocess.run([sys.executable, "-m", "poseops.cli", *args], capture_output=True, text=True,
+                                timeout=300, env={**__import__("os").environ, "POSEOPS_HOME": str(tmp_path / "home")},
+                                cwd=tmp_path)
+        lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+        assert result.returncode == 1 and len(lines) == 1, (args, result.stdout[-2000:], result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, (args, result.stderr[-3000:])

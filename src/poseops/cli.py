@@ -131,7 +131,7 @@ def server_commands(name: str, factory_name: str, what: str) -> typer.Typer:
     def down() -> None:
         """Stop the one poseops started (and only that one)."""
         s = server()
-        console.print(f"{s.name} stopped" if s.down() else f"no {s.name} started by poseops is running")
+        console.print(f"{s.name} stopped" if s.down() else f"nothing to stop: {s.name} started by poseops is not running")
 
     @group.command("status")
     @user_errors

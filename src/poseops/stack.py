@@ -50,15 +50,23 @@ def connect_prefect(settings: Settings) -> bool:
     return False
 
 
-def detection_service(settings: Settings) -> ManagedServer:
-    """The detection service on the Bento `poseops deploy` built last (BentoML's `latest` of the `poseops` Bento)."""
-    from poseops.deploy import DeployError, bentoml_env, service_server
+def deployed_bento(settings: Settings) -> str | None:
+    """The Bento `poseops deploy` built last (BentoML's `latest` of the `poseops` Bento), or None."""
+    from poseops.deploy import bentoml_env
 
     latest = Path(bentoml_env(settings)["BENTOML_HOME"]) / "bentos" / "poseops" / "latest"
-    if not latest.is_file():
-        server = service_server(settings)
-        if not server.answers():
-            raise DeployError(f"no Bento deployed yet and nothing answers at {settings.service_url}: run "
-                              "`poseops deploy` (it builds the Bento and starts the service)")
-        return server
-    return service_server(settings, bento=f"poseops:{latest.read_text().strip()}")
+    return f"poseops:{latest.read_text().strip()}" if latest.is_file() else None
+
+
+def detection_service(settings: Settings) -> ManagedServer:
+    """The detection service, on the Bento deployed last; `up` refuses when nothing was deployed."""
+    from poseops.deploy import DeployError, service_server
+
+    bento = deployed_bento(settings)
+    server = service_server(settings, bento=bento)
+    if bento is None:
+        def nothing_to_start(*args, **kwargs):
+            raise DeployError("no Bento deployed yet: run `poseops deploy` (it builds the Bento and starts the service)")
+
+        server.up = nothing_to_start  # type: ignore[method-assign]
+    return server

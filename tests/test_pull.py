@@ -245,7 +245,8 @@ def test_a_refused_token_fails_at_once_without_retries(prefect_api, workspace, c
     assert asked and len(asked) == len(set(asked)), f"a refusal is not worth retrying, but Label Studio was asked {asked}"
 
 
-def test_a_dataset_lock_refuses_a_second_holder(tmp_path):
+def test_a_dataset_lock_refuses_a_second_holder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the data root lies inside the project
     with dataset_lock(tmp_path, "busy"), pytest.raises(PullError, match="another pull of 'busy' is running \\(pid "):
         with dataset_lock(tmp_path, "busy"):
             pass

@@ -5,7 +5,10 @@ was made from and the template used for pre-labels. Each uploaded image becomes 
 task whose data carries the image's content hash (`sha256`, used to skip
 duplicates and to split the dataset) and its original file name, and a
 prediction (model version `template`) that places one box and the whole skeleton
-so the annotator drags points into place instead of placing them.
+so the annotator drags points into place instead of placing them. Uploads into one
+project create their tasks one upload at a time (a lock under `<home>/locks/`), each
+checking the project's content hashes first, so the same image uploaded twice at once
+becomes one task.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from poseops.errors import PoseopsError
 from poseops.imageio import open_image
 from poseops.label_config import label_config_xml
 from poseops.labelstudio import LabelStudioClient, LabelStudioError, Project
+from poseops.processes import file_lock
 from poseops.regions import Template, pose_to_results, spec_template, template_from_pose, template_pose
-from poseops.settings import Settings
+from poseops.safepaths import check_dataset_name
+from poseops.settings import Settings, secure_home
 from poseops.skeleton import Skeleton, load_skeleton
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -55,9 +60,7 @@ class DatasetRecord:
 
 
 def record_path(settings: Settings, name: str) -> Path:
-    if not name or "/" in name or name.startswith("."):
-        raise DatasetError(f"bad dataset name {name!r}: use letters, digits, '-', '_'")
-    return settings.home / "datasets" / f"{name}.json"
+    return settings.home / "datasets" / f"{check_dataset_name(name)}.json"
 
 
 def load_record(settings: Settings, name: str) -> DatasetRecord:
@@ -87,7 +90,12 @@ def project_of(client: LabelStudioClient, name: str) -> Project:
 def create_dataset(
     client: LabelStudioClient, settings: Settings, name: str, skeleton_path: Path, template_class: str | None = None
 ) -> tuple[Project, bool]:
-    """Create the dataset's project, or update its labeling config if it exists. Returns (project, created)."""
+    """Create the dataset's project, or update its labeling config if it exists. Returns (project, created).
+
+    The record keeps the spec's absolute path: later commands find it from any folder.
+    """
+    check_dataset_name(name)  # before anything is created anywhere
+    skeleton_path = Path(skeleton_path).resolve()
     skeleton = load_skeleton(skeleton_path)
     template_class = template_class or skeleton.class_names[0]
     skeleton.get(template_class)  # fails clearly on an unknown class
@@ -261,12 +269,17 @@ def upload_images(
             queued.add(image.sha256)
             futures.append(pool.submit(store, image))
         stored = [future.result() for future in futures]
-    for item in stored:
-        pending.append(item)
-        tick()
-        if len(pending) >= IMPORT_BATCH:
-            flush()
-    flush()
+    with file_lock(secure_home(settings.home) / "locks" / f"upload-project-{project.id}.lock"):  # one import into a project at a time
+        seen.update(existing_hashes(client, project.id))  # what another upload created meanwhile
+        for image, task in stored:
+            tick()
+            if image.sha256 in seen:
+                duplicates.append((image.path, image.sha256))
+                continue
+            pending.append((image, task))
+            if len(pending) >= IMPORT_BATCH:
+                flush()
+        flush()
     report.duplicates = [(path, seen[sha]) for path, sha in duplicates]
     if labels is not None:  # labels for images already there: annotate the tasks nobody annotated yet
         for path, task_id in report.duplicates:

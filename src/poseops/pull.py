@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,11 +33,11 @@ from urllib.parse import unquote
 import httpx
 
 from poseops.conversion.report import ConversionReport
-from poseops.dvc import DvcError, run_dvc
 from poseops.errors import PoseopsError
 from poseops.labelstudio import LabelStudioClient, LabelStudioError
 from poseops.params import PullParams
 from poseops.pull_results import DatasetManifest, PullRecord, PullResult
+from poseops.safepaths import check_dataset_name, inside_project, open_lock_file, scratch_dir, swap_into_place
 from poseops.settings import Settings
 from poseops.skeleton import Skeleton
 
@@ -302,11 +303,16 @@ def image_sha256(path: Path) -> str:
 
 @contextmanager
 def dataset_lock(data_root: Path, name: str) -> Iterator[None]:
-    """One pull per dataset at a time: the second fails clearly instead of mixing two datasets."""
+    """One pull per dataset at a time: the second fails clearly instead of mixing two datasets.
+
+    The name and the data root are checked before anything is made: a bad name, or a data
+    root outside the project, is refused with nothing created or changed.
+    """
+    check_dataset_name(name)
+    inside_project(data_root, "pull.data_root")
     data_root.mkdir(parents=True, exist_ok=True)
     ignore_scratch_files(data_root)
-    lock_path = data_root / f".{name}.lock"
-    with open(lock_path, "a+") as lock:
+    with open_lock_file(data_root / f".{name}.lock") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -335,18 +341,6 @@ def ignore_scratch_files(data_root: Path) -> None:
         ignore.write_text("\n".join([*lines, *missing]) + "\n")
 
 
-def swap_into_place(new_dir: Path, target: Path) -> None:
-    """Replace `target` with the complete `new_dir` (two renames; the old one is removed last)."""
-    old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    new_dir.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 # --- DVC and git -------------------------------------------------------------------------------------
 
 
@@ -359,10 +353,7 @@ def _run(cmd: list[str], cwd: Path, what: str) -> str:
 
 
 def dvc(args: list[str], cwd: Path, what: str) -> str:
-    try:
-        return run_dvc(args, cwd, what).stdout
-    except DvcError as e:
-        raise PullError(str(e)) from None
+    return _run([sys.executable, "-m", "dvc", *args], cwd, what)
 
 
 def repo_root(path: Path) -> Path:
@@ -495,9 +486,7 @@ def convert_into_place(name: str, skeleton: Skeleton, options: PullOptions, snap
             f"(pull.val_fraction = {options.val_fraction}); both need images: label more images or change val_fraction"
         )
     target = options.data_root / name
-    tmp = options.data_root / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = scratch_dir(options.data_root, name, ".tmp")  # this run's own: nothing else is removed
     try:
         report = convert_export(ready.labeled, skeleton, images, tmp, split)
         if not report.images["train"] or not report.images["val"]:

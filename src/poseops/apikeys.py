@@ -11,23 +11,33 @@ when `poseops api-key NAME` makes it:
 Counts live in a small SQLite file (default: beside the keys file, `<name>.usage.db`),
 so they survive restarts and are shared by several workers. A request counts when it
 is admitted (a known key under its quota), whatever its answer.
+
+Changes to the keys file (`poseops api-key NAME`, `poseops api-key NAME --revoke`) are
+serialized by a lock beside it and written atomically, so concurrent ones all land; a
+running service rereads the file when it changes, so a revoked key stops working at
+once. A usage database deleted while serving is made again (its counts start over).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
+import logging
+import os
 import re
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+log = logging.getLogger(__name__)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 KEY_PREFIX = "po_"
 
@@ -85,19 +95,47 @@ def load_keys(path: Path) -> list[ApiKey]:
     return keys
 
 
+@contextlib.contextmanager
+def _editing(path: Path) -> Iterator[list[ApiKey]]:
+    """The keys of `path` (none if it is missing), to change in place; written back atomically (0600) on exit.
+
+    Holds `<path>.lock` meanwhile: concurrent edits run one after the other, and each sees the one before.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        keys = load_keys(path) if path.is_file() else []
+        yield keys
+        entries = [{"name": k.name, "sha256": k.sha256, "monthly_quota": k.monthly_quota} for k in keys]
+        text = json.dumps({"keys": entries}, indent=2) if path.suffix == ".json" else yaml.safe_dump({"keys": entries}, sort_keys=False)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+    finally:
+        os.close(fd)
+
+
 def add_key(path: Path, name: str, monthly_quota: int | None) -> str:
     """Make a new key, store its hash in the keys file (created if missing) and return the key itself."""
-    keys = load_keys(path) if path.is_file() else []
-    if any(k.name == name for k in keys):
-        raise ValueError(f"{path}: a key named {name!r} exists already; pick another name")
     key = KEY_PREFIX + secrets.token_urlsafe(24)
-    entries = [{"name": k.name, "sha256": k.sha256, "monthly_quota": k.monthly_quota} for k in keys]
-    entries.append({"name": name, "sha256": hash_key(key), "monthly_quota": monthly_quota})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump({"keys": entries}, sort_keys=False) if path.suffix != ".json" else json.dumps({"keys": entries}, indent=2)
-    path.write_text(text, encoding="utf-8")
-    path.chmod(0o600)
+    with _editing(path) as keys:
+        if any(k.name == name for k in keys):
+            raise ValueError(f"{path}: a key named {name!r} exists already; pick another name")
+        keys.append(ApiKey(name, hash_key(key), monthly_quota))
     return key
+
+
+def revoke_key(path: Path, name: str) -> None:
+    """Remove the key named `name` from the keys file; a service using the file refuses it from its next request."""
+    with _editing(path) as keys:
+        if not any(k.name == name for k in keys):
+            known = ", ".join(k.name for k in keys) or "none"
+            raise ValueError(f"{path}: no key named {name!r} to revoke (keys: {known})")
+        keys[:] = [k for k in keys if k.name != name]
 
 
 class KeyStore:
@@ -105,15 +143,42 @@ class KeyStore:
 
     def __init__(self, keys_file: Path, usage_db: Path | None = None) -> None:
         self.keys_file = keys_file
+        self._reload_lock = threading.Lock()
+        self._seen = self._stamp()
         self.keys = {k.sha256: k for k in load_keys(keys_file)}
         self.usage_db = usage_db or keys_file.with_name(keys_file.stem + ".usage.db")
-        with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS usage (key_name TEXT, month TEXT, count INTEGER, PRIMARY KEY (key_name, month))")
+        with self._connect():
+            pass
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.keys_file.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _current_keys(self) -> dict[str, ApiKey]:
+        """The keys, reread when the file changed since the last look (a key added or revoked takes effect at once)."""
+        stamp = self._stamp()
+        if stamp != self._seen:
+            with self._reload_lock:
+                if stamp != self._seen:
+                    try:
+                        self.keys = {k.sha256: k for k in load_keys(self.keys_file)}
+                    except ValueError as e:  # a broken or missing file: no key is admitted until it is fixed
+                        log.error("API keys file unusable, refusing every key until it is fixed: %s", e)
+                        self.keys = {}
+                    self._seen = stamp
+        return self.keys
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        """The usage database, made (0600, with its table) when missing: deleted while serving, it starts over."""
+        if not self.usage_db.exists():
+            os.close(os.open(self.usage_db, os.O_WRONLY | os.O_CREAT, 0o600))
         db = sqlite3.connect(self.usage_db, timeout=10, isolation_level=None)  # transactions are explicit
         try:
+            db.execute("CREATE TABLE IF NOT EXISTS usage (key_name TEXT, month TEXT, count INTEGER, PRIMARY KEY (key_name, month))")
             yield db
         finally:
             db.close()
@@ -126,7 +191,7 @@ class KeyStore:
                 "missing_api_key",
                 "this service needs an API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             )
-        key = self.keys.get(hash_key(presented))
+        key = self._current_keys().get(hash_key(presented))
         if key is None:
             raise KeyRefused(401, "unknown_api_key", "the API key is not known to this service; check it or ask the operator for one")
         month = current_month(now)

@@ -7,7 +7,6 @@ runs them on their own.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,9 @@ from poseops.cli_common import user_errors
 from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from poseops.detector import DEFAULT_SKELETON, DEFAULT_WEIGHTS
 from poseops.errors import PoseopsError
+from poseops.imageio import DECODE_MEMORY_ENV
 from poseops.paths import checkout_path
+from poseops.settings import child_env
 
 if TYPE_CHECKING:
     import numpy as np
@@ -70,7 +71,7 @@ def serve(
         Detector(config)  # checks paths, spec, keys and lineage now, before the server starts
     except (ValueError, RuntimeError) as e:
         raise PoseopsError(str(e)) from None
-    env = {**os.environ, **config.to_env(), "POSEOPS_HOME": str(load_settings().home.resolve())}
+    env = child_env({**config.to_env(), "POSEOPS_HOME": str(load_settings().home.resolve()), **DECODE_MEMORY_ENV})
     command = [
         sys.executable, "-m", "bentoml", "serve", "service:PoseDetector",
         "--working-dir", str((service_dir or default_service_dir()).resolve()),
@@ -230,13 +231,18 @@ def api_key(
     name: Annotated[str, typer.Argument(help="who the key is for")],
     keys_file: Annotated[Path | None, typer.Option(help="keys file (default: $POSEOPS_HOME/api-keys.yaml)")] = None,
     monthly_quota: Annotated[int | None, typer.Option(min=0, help="requests per calendar month; omit for no limit")] = None,
+    revoke: Annotated[bool, typer.Option("--revoke", help="remove the key named NAME instead; a running service refuses it at once")] = False,
 ) -> None:
-    """Make an API key: its hash goes into the keys file, the key itself is printed once."""
-    from poseops.apikeys import add_key
+    """Make an API key: its hash goes into the keys file, the key itself is printed once. --revoke removes one."""
+    from poseops.apikeys import add_key, revoke_key
     from poseops.settings import load_settings
 
     path = keys_file or load_settings().home / "api-keys.yaml"
     try:
+        if revoke:
+            revoke_key(path, name)
+            typer.echo(f"revoked {name!r} in {path}; a service using that file refuses the key from now on", err=True)
+            return
         key = add_key(path, name, monthly_quota)
     except ValueError as e:
         raise PoseopsError(str(e)) from None

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,18 +51,22 @@ class Deployment:
         return f"{self.model_name}:{self.model_version}"
 
 
-def fetch_version(model_uri: str, settings: Settings) -> tuple[object, Path]:
-    """The registered version `model_uri` names, and a local folder with its files and lineage."""
+NEEDED_FILES = ("model.onnx", "skeleton.yaml")
+COMPLETE = ".complete"  # written last into a cached download: a folder without it is fetched again
+
+
+def fetch_version(model_uri: str, settings: Settings, fresh: bool = False) -> tuple[object, Path]:
+    """The registered version `model_uri` names, and a local folder with its files and lineage.
+
+    The files are cached under `<home>/deployments/`; a cache that is incomplete (or `fresh`) is
+    downloaded again into a new folder and swapped in whole, so a half-written one heals.
+    """
     mlc = tracking.client()
     version = tracking.resolve_model_uri(mlc, model_uri)
     dest = (settings.home / "deployments" / f"{version.name}-v{version.version}").resolve()
     files = dest / "model"
-    if not (files / "model.onnx").is_file():
-        tracking.download(f"models:/{version.name}/{version.version}", files)
-    for needed in ("model.onnx", "skeleton.yaml"):
-        if not (files / needed).is_file():
-            raise DeployError(f"{model_uri} (version {version.version}) has no {needed} among its files: "
-                              "it was not registered by `poseops train`; register a version with the full pipeline")
+    if fresh or not all((files / name).is_file() for name in (*NEEDED_FILES, COMPLETE)):
+        download_whole(f"models:/{version.name}/{version.version}", files, f"{model_uri} (version {version.version})")
     tags = version.tags or {}
     lineage = {
         "model_name": version.name,
@@ -75,6 +81,24 @@ def fetch_version(model_uri: str, settings: Settings) -> tuple[object, Path]:
     return version, files
 
 
+def download_whole(uri: str, files: Path, what: str) -> None:
+    """Download the version's files into a fresh folder beside `files`, check them, then swap them in."""
+    files.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=files.parent, prefix=".download-"))
+    try:
+        tracking.download(uri, work / "model")
+        for needed in NEEDED_FILES:
+            if not (work / "model" / needed).is_file():
+                raise DeployError(f"{what} has no {needed} among its files: it was not registered by `poseops train`; "
+                                  "register a version with the full pipeline")
+        (work / "model" / COMPLETE).write_text("")
+        if files.exists():
+            files.rename(work / "replaced")
+        (work / "model").rename(files)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def check_model(config) -> None:
     """Load the model with its skeleton as the service will: fails on a broken or mismatched version."""
     from poseops.inference import ModelError, PoseModel
@@ -82,8 +106,22 @@ def check_model(config) -> None:
 
     try:
         PoseModel(config.weights, load_skeleton(config.skeleton), runtime=config.runtime, imgsz=config.imgsz)
-    except (ModelError, SkeletonError, OSError, RuntimeError) as e:
+    except (ModelError, SkeletonError) as e:
         raise DeployError(f"the model does not load ({e}); the running service was left as it was") from None
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime and torch raise their own types on a damaged file
+        raise DeployError(f"the model in {Path(config.weights).parent} does not load ({type(e).__name__}: "
+                          f"{str(e)[:300]}); the running service was left as it was") from None
+
+
+def checked_version(settings: Settings, model_uri: str, config) -> tuple[object, Path]:
+    """The version's files, loaded and checked as the service will; a damaged cached copy is fetched again once."""
+    version, files = fetch_version(model_uri, settings)
+    try:
+        check_model(config.with_model_files(files))
+    except DeployError:
+        version, files = fetch_version(model_uri, settings, fresh=True)
+        check_model(config.with_model_files(files))
+    return version, files
 
 
 def bentoml_env(settings: Settings) -> dict[str, str]:
@@ -125,9 +163,8 @@ def deploy(settings: Settings, model_uri: str, runtime: str = "onnx", timeout: f
         if service_server(settings).status().foreign:  # before any work: the port is not ours to serve on
             raise DeployError(f"something poseops did not start answers at {settings.service_url}; nothing was "
                               "deployed. Stop that server, or set POSEOPS_SERVICE_URL to another port")
-        version, files = fetch_version(model_uri, settings)
         config = ServiceConfig(runtime=runtime)
-        check_model(config.with_model_files(files))  # before anything running is touched
+        version, files = checked_version(settings, model_uri, config)  # before anything running is touched
         bento = build_bento(files, settings, runtime)
         server = service_server(settings, config, bento)
         server.restart(timeout)

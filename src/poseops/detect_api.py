@@ -203,14 +203,15 @@ async def read_form(request: Request) -> dict[str, Any]:
     from starlette.requests import Request as StarletteRequest
 
     content_type = request.headers.get("content-type", "")
-    if not content_type or content_type.startswith("application/x-www-form-urlencoded"):
+    kind = content_type.split(";", 1)[0].strip().lower()  # media types are case-insensitive (RFC 9110)
+    if not kind or kind == "application/x-www-form-urlencoded":
         raise ApiError(  # a plain form or no body: certainly no image file in it
             400,
             "missing_image",
             "no image in the request: send multipart/form-data with the image as a file field named 'image', "
             "e.g. curl -F image=@photo.jpg URL/detect",
         )
-    if not content_type.startswith("multipart/form-data"):
+    if kind != "multipart/form-data":
         raise ApiError(
             400,
             "not_multipart",

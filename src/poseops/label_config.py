@@ -8,6 +8,7 @@ occluded is exported with YOLO visibility 1 instead of 2.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -50,4 +51,4 @@ def label_config_xml(skeleton: Skeleton) -> str:
 
 
 def _comment(text: str) -> str:
-    return text.replace("--", "- -")
+    return re.sub(r"-(?=-|$)", "- ", text)  # no "--" inside an XML comment, and none where it ends

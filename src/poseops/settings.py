@@ -13,6 +13,8 @@ import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from poseops.errors import PoseopsError
+
 ENV_FILE = ".env"
 SECRET_FIELDS = {"label_studio_password", "label_studio_token"}
 # Environment variables holding secrets: kept out of every child process that does not need them.
@@ -119,6 +121,26 @@ _ENV_KEYS = {
 }
 
 
+class SettingsError(PoseopsError, ValueError):
+    """A setting (environment or `.env`) with a value poseops cannot use; the message names it."""
+
+
+def check_url(key: str, value: str) -> str:
+    """`value` without a trailing slash when it is an http(s) URL with a host (and a valid port); else SettingsError."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value.strip())
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SettingsError(f"{key}={value!r} is not a usable URL: write it as http://HOST:PORT, "
+                            "e.g. http://127.0.0.1:8080 (an IPv6 host in brackets: http://[::1]:8080)")
+    return value.strip().rstrip("/")
+
+
 def load_settings(env_file: Path | None = None) -> Settings:
     """Settings from the process environment, then `.env` in the working directory, then defaults."""
     file_values = read_env_file(env_file or Path(ENV_FILE))
@@ -126,7 +148,7 @@ def load_settings(env_file: Path | None = None) -> Settings:
     for name, key in _ENV_KEYS.items():
         value = os.environ.get(key) or file_values.get(key)
         if value:
-            kwargs[name] = Path(value) if name in {"home", "label_studio_bin"} else value.rstrip("/") if name.endswith("url") else value
+            kwargs[name] = Path(value) if name in {"home", "label_studio_bin"} else check_url(key, value) if name.endswith("url") else value
     settings = Settings(**kwargs)  # type: ignore[arg-type]
     remember_secret(settings.label_studio_password)
     remember_secret(settings.label_studio_token)

@@ -40,7 +40,7 @@ PALETTE = (
 )
 DEFAULT_EDGE_COLOR = "#a0a0a0"
 _COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}$")  # at most 64 characters
 
 
 class SkeletonError(PoseopsError, ValueError):
@@ -248,7 +248,8 @@ class _Parser:
 
     def name(self, node: Any, value: Any, what: str) -> str:
         if not isinstance(value, str) or not _NAME.match(value):
-            raise self.fail(node, f"{what} {value!r} must be a non-empty name of letters, digits, '_', '-', '.' or spaces")
+            shown = repr(value) if len(str(value)) <= 80 else f"{str(value)[:80]!r}... ({len(str(value))} characters)"
+            raise self.fail(node, f"{what} {shown} must be a name of 1 to 64 letters, digits, '_', '-', '.' or spaces")
         return value
 
     def color(self, node: Any, value: Any, default: str, what: str) -> str:

@@ -172,3 +172,30 @@ def test_label_studios_home_and_database_are_the_owners_only(label_studio):
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     databases = list((home / "labelstudio").glob("*.sqlite3"))
     assert databases and {stat.S_IMODE(p.stat().st_mode) & 0o077 for p in databases} == {0}
+
+
+@pytest.mark.integration
+def test_no_store_keeps_a_secret_after_a_pull_against_an_echoing_label_studio(prefect_api, echo_server, tmp_path,
+                                                                              monkeypatch):
+    """A Label Studio stand-in that echoes every header back: the failed pull's error, Prefect's database (flow and
+    task states, logs) and every file under the project and its home hold neither the token nor the password."""
+    from conftest import files_containing
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    from poseops.flows.pull_labels import pull_labels
+
+    token, password = secrets.token_hex(20), secrets.token_urlsafe(18)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("POSEOPS_HOME", str(project / ".poseops"))
+    monkeypatch.setenv("LABEL_STUDIO_URL", echo_server)
+    monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", token)
+    monkeypatch.setenv("LABEL_STUDIO_PASSWORD", password)
+    with pytest.raises(LabelStudioError) as failed:
+        pull_labels(dataset="echoed")
+    assert "Authorization" in str(failed.value) and token not in str(failed.value)
+    database = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    assert database.is_file(), database
+    assert files_containing(database.parent, [token, password]) == []
+    assert files_containing(project, [token, password]) == []

@@ -12,11 +12,13 @@ Trainings are shared through module-scoped fixtures, each done once:
 from __future__ import annotations
 
 import ast
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,11 +130,9 @@ def test_each_stage_depends_on_the_package_modules_it_imports():
 @pytest.mark.integration
 def test_a_package_change_makes_dvc_status_report_the_stages_it_affects(tmp_path):
     root = tmp_path / "repo"
-    root.mkdir()
-    package = tmp_path / "package" / "poseops"  # a copy of the package, so that the test can change it
+    package = tmp_path / "package" / "poseops"  # a copy of the package of its own, so that the test can change it
     shutil.copytree(Path(training.__file__).parents[1], package, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "src").mkdir()
-    (root / "src" / "poseops").symlink_to(package, target_is_directory=True)  # what link_package does
+    training.link_package(root, package)
     make_project(root, git=True)
     run_dvc(["repro", "prepare"], root)
 
@@ -185,7 +185,7 @@ def make_project(root: Path, git: bool = True, overrides: dict | None = None) ->
         node[key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".gitignore").write_text("__pycache__/\n")
-    training.link_package(root)  # dvc.yaml's stages depend on the package modules
+    training.link_package(root, package_snapshot())  # dvc.yaml's stages depend on the package modules
     if git:
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"],
                     [*DVC, "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "dvc init"]):
@@ -193,6 +193,21 @@ def make_project(root: Path, git: bool = True, overrides: dict | None = None) ->
     return root
 
 
+def package_snapshot() -> Path:
+    """A copy of the poseops package, made once per test run, that the test projects' `src/poseops` links to.
+
+    The stages depend on those files: a copy keeps edits made to the checkout while the tests run
+    from changing the dependencies of a project between two of its runs.
+    """
+    if not _SNAPSHOT:
+        folder = Path(tempfile.mkdtemp(prefix="poseops-package-"))
+        atexit.register(shutil.rmtree, folder, True)
+        shutil.copytree(Path(training.__file__).parents[1], folder / "poseops", ignore=shutil.ignore_patterns("__pycache__"))
+        _SNAPSHOT.append(folder / "poseops")
+    return _SNAPSHOT[0]
+
+
+_SNAPSHOT: list[Path] = []
 DVC = [sys.executable, "-m", "dvc"]
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "poseops tests", "GIT_AUTHOR_EMAIL": "tests@poseops.local",
            "GIT_COMMITTER_NAME": "poseops tests", "GIT_COMMITTER_EMAIL": "tests@poseops.local"}

@@ -83,16 +83,17 @@ def run_stage(step: Callable[[], Any]) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
-def link_package(root: Path) -> Path:
+def link_package(root: Path, package: Path | None = None) -> Path:
     """Make `root/src/poseops` the package that runs the stages, so dvc.yaml's code dependencies resolve.
 
     In the poseops checkout it is the source itself; a project made elsewhere (a demo or test
-    workspace) gets a link to the installed package, so editing a module there reruns its stages.
+    workspace) gets a link to `package`, by default the installed one, so editing a module there
+    reruns its stages.
     """
     import poseops
 
     link = root / PACKAGE_LINK
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path(poseops.__file__).resolve().parent, target_is_directory=True)
+        link.symlink_to(package or Path(poseops.__file__).resolve().parent, target_is_directory=True)
     return link

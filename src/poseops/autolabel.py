@@ -18,6 +18,7 @@ from typing import Any
 from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES
 from poseops.datasets import image_size
 from poseops.errors import PoseopsError
+from poseops.imageio import check_within_budget
 from poseops.labelstudio import LabelStudioClient
 from poseops.params import AutolabelParams
 from poseops.regions import Pose, poses_to_results
@@ -191,6 +192,7 @@ def detector(service_url: str | None, weights: str | None, skeleton_path: str,
     model = _local_model(str(weights), skeleton_path)
 
     def detect(image: bytes) -> Detections:
+        check_within_budget(image)  # before OpenCV decodes anything: refused from its header, reported per task
         array = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
         return model.detect(array, options.conf_thres, options.iou_thres)
 

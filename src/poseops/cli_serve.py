@@ -20,7 +20,7 @@ from poseops.cli_common import user_errors
 from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from poseops.detector import DEFAULT_SKELETON, DEFAULT_WEIGHTS
 from poseops.errors import PoseopsError
-from poseops.imageio import DECODE_MEMORY_ENV
+from poseops.imageio import DECODE_MEMORY_ENV, check_within_budget
 from poseops.paths import checkout_path
 from poseops.settings import child_env
 
@@ -130,6 +130,7 @@ def _frames(source: Path) -> Iterator[tuple[int | None, float | None, np.ndarray
     import cv2
 
     if source.suffix.lower() in IMAGE_SUFFIXES:
+        check_within_budget(source)  # the pixel budget, from the header, before OpenCV decodes it
         yield None, None, cv2.imread(str(source))
         return
     capture = cv2.VideoCapture(str(source))

@@ -40,8 +40,8 @@ MAX_SIDE = 65_535  # no format poseops reads stores a longer side (JPEG's limit)
 class TooManyPixels(PoseopsError, ValueError):
     """An image whose header declares more pixels (or a longer side) than the budget allows; nothing was decoded."""
 
-    def __init__(self, width: int, height: int, max_pixels: int) -> None:
-        super().__init__(f"the image declares {width} x {height} = {width * height:,} pixels, over the limit of "
+    def __init__(self, width: int, height: int, max_pixels: int, where: str = "") -> None:
+        super().__init__(f"{where + ': ' if where else ''}the image declares {width} x {height} = {width * height:,} pixels, over the limit of "
                          f"{max_pixels:,} pixels (and {MAX_SIDE:,} a side; {MAX_PIXELS_ENV} sets the limit): "
                          "scale it down first")
         self.size = (width, height)
@@ -79,6 +79,25 @@ def open_image(fp, formats: tuple[str, ...] | None = None, max_pixels: int | Non
         image.close()
         raise TooManyPixels(width, height, limit)
     return image
+
+
+def check_within_budget(source: bytes | os.PathLike, max_pixels: int | None = None) -> None:
+    """Refuse (`TooManyPixels`) an image file or bytes over the pixel budget before another decoder (OpenCV) reads it.
+
+    Files PIL cannot identify are left to that decoder.
+    """
+    import io
+
+    from PIL import UnidentifiedImageError
+
+    where = "" if isinstance(source, bytes) else str(source)
+    try:
+        with open_image(io.BytesIO(source) if isinstance(source, bytes) else source, max_pixels=max_pixels):
+            pass
+    except TooManyPixels as e:
+        raise TooManyPixels(*e.size, e.max_pixels, where) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        pass
 
 
 class PixelBudget:

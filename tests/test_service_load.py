@@ -57,7 +57,7 @@ def test_bounded_load_fails_nothing_answers_right_and_memory_stays_flat(detect_s
 def test_request_budget_bounds_the_load(detect_service: RunningService):
     result = run_load(detect_service.url, IMAGES, clients=3, seconds=120, max_requests=5, headers=detect_service.headers())
     assert result.requests == 5 and not result.failures
-    assert result.seconds < 60
+    assert result.seconds < 120  # the budget stopped it, not its time bound
 
 
 def workers(pid: int) -> list[psutil.Process]:

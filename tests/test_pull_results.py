@@ -60,8 +60,11 @@ def pulled(tmp_path_factory):
     ready = steps.check_ready(tasks, options, "people")
     paths = {task["id"]: image.path for task, image in zip(tasks, images, strict=False)}
     snapshot = steps.Snapshot(project_id=3, export_id=12, tasks=tasks)
-    result = steps.build_dataset(Settings(home=work / "home"), "people", skeleton, options, snapshot, ready, paths,
-                                 "http://127.0.0.1:8080")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)  # the data root lies inside the project
+        with steps.dataset_lock(options.data_root, "people"):
+            result = steps.build_dataset(Settings(home=work / "home"), "people", skeleton, options, snapshot, ready,
+                                         paths, "http://127.0.0.1:8080")
     return result, work / "data"
 
 

@@ -249,7 +249,7 @@ class _Parser:
     def name(self, node: Any, value: Any, what: str) -> str:
         if not isinstance(value, str) or not _NAME.match(value):
             shown = repr(value) if len(str(value)) <= 80 else f"{str(value)[:80]!r}... ({len(str(value))} characters)"
-            raise self.fail(node, f"{what} {shown} must be a name of 1 to 64 letters, digits, '_', '-', '.' or spaces")
+            raise self.fail(node, f"{what} {shown} must be a non-empty name of at most 64 letters, digits, '_', '-', '.' or spaces")
         return value
 
     def color(self, node: Any, value: Any, default: str, what: str) -> str:

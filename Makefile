@@ -21,6 +21,8 @@ export POSEOPS_WEIGHTS_DIR ?= $(SHARED)/weights
 endif
 ifneq ($(wildcard $(SHARED)/datasets),)
 export POSEOPS_SAMPLE_IMAGES ?= $(SHARED)/datasets/coco8-pose/images
+export POSEOPS_SHARED_DIR ?= $(SHARED)
+export POSEOPS_SHARED_DATASETS ?= $(SHARED)/datasets
 endif
 
 .PHONY: install install-system demo demo-down test test-unit lint bench load clean

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from poseops.errors import PoseopsError
+from poseops.settings import child_env
 
 
 class DvcError(PoseopsError, RuntimeError):
@@ -25,7 +26,7 @@ def run_dvc(args: list[str], cwd: Path, what: str | None = None, stream: bool = 
     and the end of it goes into the error.
     """
     cmd = [sys.executable, "-m", "dvc", *args]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = child_env({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})  # no secrets
     result = subprocess.run(cmd, cwd=cwd, text=True, capture_output=not stream, env=env)
     if result.returncode != 0:
         what = what or f"`dvc {' '.join(args)}`"

@@ -485,3 +485,23 @@ def test_flow_reports_the_run_and_promotes(pipeline, resumed, env):
     assert artifact["type"] == "markdown"
     assert f"/runs/{pipeline.run_id})" in artifact["data"] and "| pose_mAP50-95 |" in artifact["data"]
     assert f"models:/{MODEL}/{pipeline.version}" in artifact["data"]
+
+
+@pytest.mark.integration
+def test_a_set_override_lasts_one_run_and_leaves_params_yaml_byte_identical(pipeline, env):
+    """`poseops train -S` runs `dvc exp run -S`, which writes the override into params.yaml; the file comes back."""
+    params_file = pipeline.repo / "params.yaml"
+    original = params_file.read_bytes()
+    annotated = original + b"# a comment DVC would drop, and a quoted cron it would unquote:\n"
+    params_file.write_bytes(annotated.replace(b"loop: 0 3 * * *", b"loop: '0 3 * * *'"))
+    subprocess.run(["git", "commit", "-qam", "annotate params"], cwd=pipeline.repo, check=True, env=GIT_ENV)
+    before = params_file.read_bytes()
+    try:
+        done = subprocess.run([sys.executable, "-m", "poseops.cli", "train", "--root", str(pipeline.repo),
+                               "-S", "schedules.loop=0 4 * * *", "--no-promote"],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, **GIT_ENV})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert params_file.read_bytes() == before
+    finally:
+        params_file.write_bytes(original)
+        subprocess.run(["git", "commit", "-qam", "params back"], cwd=pipeline.repo, check=True, env=GIT_ENV)

@@ -142,3 +142,25 @@ def test_a_reused_pid_is_not_taken_for_our_server(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_deploys_run_one_at_a_time(tmp_path):
+    from poseops.deploy import deploy_lock
+
+    settings = Settings(home=tmp_path / "home")
+    inside, overlaps = [], []
+
+    def one_deploy(n: int) -> None:
+        with deploy_lock(settings):
+            if inside:
+                overlaps.append(n)
+            inside.append(n)
+            threading.Event().wait(0.05)
+            inside.remove(n)
+
+    threads = [threading.Thread(target=one_deploy, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []

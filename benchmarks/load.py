@@ -3,9 +3,9 @@
     .venv/bin/python -m benchmarks.load [--seconds 60] [--clients 4]      (or: make load)
 
 Starts the service as `poseops deploy` runs it (on 127.0.0.1, a free port, a fresh home),
-warms it up, measures raw in-process inference for a baseline, then runs `poseops.loadtest`
-(the code behind `poseops load-test`) for `--seconds` with `--clients` clients (at most
-`--max-requests`). Prints failed requests, p50/p99, throughput, the service's RSS (process
+warms it up, then runs `poseops.loadtest` (the code behind `poseops load-test`) for `--seconds`
+with `--clients` clients (at most `--max-requests`), between two 5 s measurements of raw
+in-process inference (the baseline: their mean). Prints failed requests, p50/p99, throughput, the service's RSS (process
 and workers) before and after, and the ratios: throughput under load / raw, RSS after / before.
 Exits 1 if any request failed.
 """
@@ -19,6 +19,15 @@ import time
 
 from benchmarks.common import RESULTS, add_model_arguments, load_raw, model_images, prepare, service
 from poseops.loadtest import run_load
+
+
+def raw_throughput(model, decoded: list, seconds: float) -> float:
+    """Images per second of the model in this process, one after the other for `seconds`."""
+    started, done = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        model.detect(decoded[done % len(decoded)], 0.25, 0.45)
+        done += 1
+    return done / (time.perf_counter() - started)
 
 
 def main() -> int:
@@ -38,16 +47,14 @@ def main() -> int:
     with service(args) as server:
         pid = server.status().pid
         warm = run_load(server.url, images, clients=2, seconds=10, max_requests=2 * len(images))
-        started, done = time.perf_counter(), 0
-        while time.perf_counter() - started < 10:
-            model.detect(decoded[done % len(decoded)], 0.25, 0.45)
-            done += 1
-        raw_per_s = done / (time.perf_counter() - started)
+        before = raw_throughput(model, decoded, 5.0)
         result = run_load(server.url, images, args.clients, args.seconds, args.max_requests, pid=pid)
+        after = raw_throughput(model, decoded, 5.0)
+    raw_per_s = (before + after) / 2  # measured on both sides of the load, so that both see the machine alike
     summary = result.summary()
     print(RESULTS)
     print(f"warm-up: {warm.requests} requests, {len(warm.failures)} failed")
-    print(f"raw in-process: {raw_per_s:.2f} images/s (10 s)")
+    print(f"raw in-process: {raw_per_s:.2f} images/s (5 s before the load: {before:.2f}, 5 s after: {after:.2f})")
     print(f"service, {args.clients} clients, {summary['seconds']} s: {summary['requests']} requests, "
           f"{summary['failed']} failed, p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, "
           f"{summary['throughput_per_s']} images/s")

@@ -6,6 +6,7 @@ capitals is still multipart.
 
 from __future__ import annotations
 
+import os
 import shutil
 import xml.etree.ElementTree as ET
 
@@ -117,3 +118,23 @@ def test_a_media_type_in_capitals_is_still_multipart():
 
     values = asyncio.run(read_form(Request(scope, receive)))
     assert values["image"] == b"JPEGBYTES"
+
+
+def test_a_damaged_or_missing_mlflow_store_is_named_not_a_traceback_or_a_new_store(tmp_path):
+    import subprocess
+    import sys
+
+    from poseops.tracking import TrackingError, client
+
+    (tmp_path / "params.yaml").write_text("")
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not sqlite " * 200)
+    for uri, message in ((f"sqlite:///{damaged}", "is damaged or not a database"),
+                         (f"sqlite:///{tmp_path / 'none.db'}", "there is no MLflow store at"),
+                         ("sqlite:///", "not a database file")):
+        promote = subprocess.run([sys.executable, "-m", "poseops.cli", "promote"], cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        assert promote.returncode == 1 and message in promote.stderr and "Traceback" not in promote.stderr, promote.stderr
+    assert not (tmp_path / "none.db").exists()
+    with pytest.raises(TrackingError, match="is damaged"):
+        client(f"sqlite:///{damaged}")

@@ -61,7 +61,7 @@ def fetch_version(model_uri: str, settings: Settings, fresh: bool = False) -> tu
     The files are cached under `<home>/deployments/`; a cache that is incomplete (or `fresh`) is
     downloaded again into a new folder and swapped in whole, so a half-written one heals.
     """
-    mlc = tracking.client()
+    mlc = tracking.client(must_exist=True)
     version = tracking.resolve_model_uri(mlc, model_uri)
     dest = (settings.home / "deployments" / f"{version.name}-v{version.version}").resolve()
     files = dest / "model"

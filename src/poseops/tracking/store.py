@@ -31,17 +31,42 @@ def tracking_uri() -> str:
     return uri
 
 
-def client(uri: str | None = None):
-    """An `MlflowClient` on `uri` (default `tracking_uri()`), creating a local SQLite file's folder."""
+def client(uri: str | None = None, must_exist: bool = False):
+    """An `MlflowClient` on `uri` (default `tracking_uri()`), creating a local SQLite file's folder.
+
+    A SQLite store that is damaged, or missing where `must_exist` (commands that only read
+    runs: promote, deploy), is a clear TrackingError instead of a traceback or a new, empty store.
+    """
     import mlflow
     from mlflow import MlflowClient
 
     uri = uri or tracking_uri()
     if uri.startswith("sqlite:///"):
+        check_sqlite_store(Path(uri.removeprefix("sqlite:///").split("?")[0]), must_exist)
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def check_sqlite_store(path: Path, must_exist: bool = False) -> None:
+    """A clear TrackingError for a SQLite store path that is empty, missing (when `must_exist`) or not a database."""
+    if not str(path).strip() or str(path) in (".", "/") or path.is_dir():
+        raise TrackingError(f"MLFLOW_TRACKING_URI names {str(path)!r}, not a database file: use sqlite:///path/to/mlflow.db")
+    if not path.exists():
+        if must_exist:
+            raise TrackingError(f"there is no MLflow store at {path}: train a model first (poseops train), or set "
+                                "MLFLOW_TRACKING_URI to the store that holds your runs")
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise TrackingError(f"the MLflow store {path} is damaged or not a database ({e}): restore it from a backup, "
+                            "or point MLFLOW_TRACKING_URI at another store") from None
+    if path.stat().st_size and tables and "experiments" not in tables:
+        raise TrackingError(f"{path} is a SQLite database but not an MLflow store (no experiments table): "
+                            "point MLFLOW_TRACKING_URI at the MLflow store")
 
 
 def lock_wait_s() -> float:

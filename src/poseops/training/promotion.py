@@ -46,7 +46,7 @@ def promote(params: Params, root: Path = Path("."), layout: Layout = Layout(), v
     """
     root = root.resolve()
     lay = layout.under(root)
-    mlc = mlc or client()
+    mlc = mlc or client(must_exist=True)  # promoting needs the runs: a missing store is an error, not a new one
     name, alias, metric = params.mlflow.registered_model, params.promote.alias, params.promote.metric
     version = version or read_version(lay).version
     candidate = resolve_model_uri(mlc, f"models:/{name}/{version}")

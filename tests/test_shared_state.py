@@ -113,3 +113,26 @@ def test_two_uploads_of_the_same_folder_at_once_create_each_task_once(label_stud
         tasks = list(client.iter_tasks(project.id))
     assert len(tasks) == count and len({t["data"]["sha256"] for t in tasks}) == count
     assert all(any(p["model_version"] == TEMPLATE_VERSION for p in t["predictions"]) for t in tasks)
+
+
+@pytest.mark.integration
+def test_a_rerun_gives_back_the_template_prelabels_a_race_left_out(label_studio, tmp_path):
+    from poseops.datasets import TEMPLATE_VERSION, create_dataset, upload_images
+    from poseops.labelstudio import LabelStudioClient
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in sorted((SHARED_DATASETS / "coco8-pose" / "images" / "val").glob("*.jpg"))[:2]:
+        shutil.copy(image, folder / image.name)
+    name = f"repair-{uuid.uuid4().hex[:6]}"
+    with LabelStudioClient(label_studio) as client:
+        project, _ = create_dataset(client, label_studio, name, PERSON_SPEC)
+        upload_images(client, label_studio, name, [folder])
+        first, second = list(client.iter_tasks(project.id))
+        for prediction in first["predictions"]:  # lost its pre-label
+            client.request("DELETE", f"/api/predictions/{prediction['id']}")
+        (twin,) = client.import_tasks(project.id, [{"data": second["data"]}])  # a second task for one image, bare
+        report = upload_images(client, label_studio, name, [folder])
+        assert sorted(report.repaired) == sorted([first["id"], twin]) and report.uploaded == []
+        tasks = list(client.iter_tasks(project.id))
+    assert all(sum(p["model_version"] == TEMPLATE_VERSION for p in t["predictions"]) == 1 for t in tasks)

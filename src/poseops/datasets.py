@@ -186,6 +186,7 @@ class UploadReport:
     duplicates: list[tuple[Path, int]] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     annotated: list[tuple[Path, int]] = field(default_factory=list)  # existing tasks that got the given labels
+    repaired: list[int] = field(default_factory=list)  # existing unlabeled tasks that had lost their template pre-label
 
 
 def template_prediction(skeleton: Skeleton, record: DatasetRecord, width: int, height: int) -> dict:
@@ -225,6 +226,7 @@ def upload_images(
         on_total(len(files))
     seen = existing_hashes(client, project.id)
     duplicates: list[tuple[Path, str]] = []
+    sizes: dict[str, tuple[int, int]] = {}  # of the duplicates, for repairing their tasks' pre-labels
     pending: list[tuple[ImageFile, dict]] = []
 
     def tick() -> None:
@@ -264,6 +266,7 @@ def upload_images(
                 continue
             if image.sha256 in seen or image.sha256 in queued:
                 duplicates.append((path, image.sha256))
+                sizes[image.sha256] = (image.width, image.height)
                 tick()
                 continue
             queued.add(image.sha256)
@@ -275,6 +278,7 @@ def upload_images(
             tick()
             if image.sha256 in seen:
                 duplicates.append((image.path, image.sha256))
+                sizes[image.sha256] = (image.width, image.height)
                 continue
             pending.append((image, task))
             if len(pending) >= IMPORT_BATCH:
@@ -286,9 +290,32 @@ def upload_images(
             if path in labels and not client.get_task(task_id).get("annotations"):
                 client.create_annotation(task_id, labels[path])
                 report.annotated.append((path, task_id))
+    if sizes:
+        report.repaired = repair_template_prelabels(client, project.id, skeleton, record, sizes)
     if report.uploaded:
         show_predictions_of(client, project.id, TEMPLATE_VERSION, only_if_unset=True)
     return report
+
+
+def repair_template_prelabels(client: LabelStudioClient, project_id: int, skeleton: Skeleton, record: DatasetRecord,
+                              sizes: Mapping[str, tuple[int, int]]) -> list[int]:
+    """Give back the template pre-label to unlabeled tasks of these images (by content hash) that have none.
+
+    Such tasks come from an upload interrupted between its import and its predictions, or
+    from two uploads that raced before uploads into a project were serialized. Their ids.
+    """
+    repaired = []
+    for task in client.iter_tasks(project_id):
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        size = sizes.get(str(data.get("sha256")))
+        if size is None or task.get("annotations"):
+            continue
+        if any(p.get("model_version") == TEMPLATE_VERSION for p in task.get("predictions") or []):
+            continue
+        template = template_prediction(skeleton, record, *size)
+        client.create_prediction(task["id"], template["result"], TEMPLATE_VERSION, score=0.0)
+        repaired.append(task["id"])
+    return repaired
 
 
 def show_predictions_of(client: LabelStudioClient, project_id: int, model_version: str, only_if_unset: bool = False) -> None:

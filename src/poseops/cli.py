@@ -255,6 +255,11 @@ def convert(
     spec = load_skeleton(skeleton)
     paths, missing = match_images(tasks, images)
     labeled = [t for t in tasks if t.get("id") in paths]
+    from poseops.conversion.unplaced import unplaced_keypoints
+
+    unplaced = unplaced_keypoints(spec, labeled)  # refused before anything is written
+    if unplaced:
+        raise fail(unplaced.message(str(skeleton), "export and convert again"))
     try:
         report = convert_export(labeled, spec, paths, out, val_fraction=val_fraction)
     except (FileExistsError, NotADirectoryError) as e:

@@ -132,8 +132,11 @@ class Readiness:
     warnings: list[str]
 
 
-def check_ready(tasks: list[dict], options: PullOptions, dataset: str) -> Readiness:
-    """Which tasks are training data; refuse (NotReady) when the project is not ready to train on."""
+def check_ready(tasks: list[dict], options: PullOptions, dataset: str, skeleton: Skeleton | None = None) -> Readiness:
+    """Which tasks are training data; refuse (NotReady) when the project is not ready to train on.
+
+    With the skeleton, labeled keypoints that would reach no object (no box, no derived box) refuse too.
+    """
     from poseops.convert import choose_annotation
 
     labeled, unlabeled, skipped = [], [], []
@@ -160,6 +163,12 @@ def check_ready(tasks: list[dict], options: PullOptions, dataset: str) -> Readin
             raise NotReady(f"{message}. Label them all in Label Studio (or skip the ones that should not be used), "
                            "then pull again; to train on the labeled ones only, pass --allow-unlabeled.")
         warnings.append(f"{message}; going on without them (--allow-unlabeled)")
+    if skeleton is not None:
+        from poseops.conversion.unplaced import unplaced_keypoints
+
+        unplaced = unplaced_keypoints(skeleton, labeled)
+        if unplaced:
+            raise NotReady(f"{dataset!r}: {unplaced.message(skeleton.source, 'pull again')}")
     if len(labeled) < options.min_images:
         raise NotReady(f"{dataset!r} has {len(labeled)} labeled images; at least {options.min_images} are needed "
                        f"(params.yaml pull.min_images). Upload and label more: `poseops dataset upload {dataset} PATH`.")
@@ -489,6 +498,11 @@ def convert_into_place(name: str, skeleton: Skeleton, options: PullOptions, snap
     tmp = scratch_dir(options.data_root, name, ".tmp")  # this run's own: nothing else is removed
     try:
         report = convert_export(ready.labeled, skeleton, images, tmp, split)
+        if not sum(report.objects.values()):
+            raise NotReady(f"{name!r} holds no object at all in its {report.annotations_used} labeled image(s) "
+                           f"({len(report.skipped_tasks)} task(s) left out: "
+                           f"{conversion_summary(report.skipped_tasks) or 'none'}); a model cannot learn from that. "
+                           "Label the objects in Label Studio, then pull again.")
         if not report.images["train"] or not report.images["val"]:
             raise NotReady(f"after leaving out {len(report.skipped_tasks)} task(s) the converter could not use, "
                            f"{report.images['train']} training and {report.images['val']} validation images are "

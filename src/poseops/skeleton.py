@@ -18,6 +18,11 @@ API's keypoint names, the playground's colours) is derived from it.
 
 `position` (optional) is where the template pre-label places the keypoint, as
 fractions of its box (0,0 = top-left corner, 1,1 = bottom-right corner).
+
+`box` (optional, per class) says where an object's box comes from: `labeled` (drawn in
+Label Studio; the default), `derived` (the labeled keypoints' min/max, widened on each
+side by `box_padding` times the points' extent on that axis, clipped to the image) or
+`either` (a drawn box wins, otherwise derived).
 """
 
 from __future__ import annotations
@@ -41,6 +46,14 @@ PALETTE = (
 DEFAULT_EDGE_COLOR = "#a0a0a0"
 _COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]{0,63}$")  # at most 64 characters
+
+# Where a class's boxes come from (the spec's `box` key).
+BOX_LABELED = "labeled"  # drawn in Label Studio (RectangleLabels)
+BOX_DERIVED = "derived"  # the labeled keypoints' min/max plus padding, clipped to the image
+BOX_EITHER = "either"  # a drawn box wins, otherwise derived
+BOX_MODES = (BOX_LABELED, BOX_DERIVED, BOX_EITHER)
+DEFAULT_BOX_PADDING = 0.1  # of the points' extent, on each side, per axis
+MAX_BOX_PADDING = 1.0
 
 
 class SkeletonError(PoseopsError, ValueError):
@@ -68,6 +81,18 @@ class SkeletonClass:
     keypoints: tuple[Keypoint, ...]
     connections: tuple[Connection, ...]
     flip_pairs: tuple[tuple[str, str], ...]
+    box: str = BOX_LABELED  # one of BOX_MODES
+    box_padding: float = DEFAULT_BOX_PADDING  # used by derived boxes (`derived`, `either`)
+
+    @property
+    def box_drawn(self) -> bool:
+        """Whether annotators draw this class's boxes (the labeling config has a rectangle label for it)."""
+        return self.box != BOX_DERIVED
+
+    @property
+    def box_derivable(self) -> bool:
+        """Whether a box may be derived from this class's keypoints."""
+        return self.box != BOX_LABELED
 
     @property
     def keypoint_names(self) -> list[str]:
@@ -140,6 +165,7 @@ class Skeleton:
                     "keypoints": [{"name": k.name, "color": k.color} for k in c.keypoints],
                     "connections": [[e.a, e.b, e.color] for e in c.connections],
                     "flip_pairs": [list(p) for p in c.flip_pairs],
+                    "box": c.box,
                 }
                 for c in self.classes
             ]
@@ -262,7 +288,8 @@ class _Parser:
     def cls(self, raw: Any, n: int) -> SkeletonClass:
         if not isinstance(raw, dict):
             raise self.fail(raw, f"class #{n + 1} must be a mapping with name and keypoints")
-        self.unknown_keys(raw, {"name", "color", "keypoints", "connections", "flip_pairs"}, f"class #{n + 1}")
+        self.unknown_keys(raw, {"name", "color", "keypoints", "connections", "flip_pairs", "box", "box_padding"},
+                          f"class #{n + 1}")
         name = self.name(raw, raw.get("name"), "class name")
         color = self.color(raw, raw.get("color"), PALETTE[n % len(PALETTE)], f"class {name!r}")
         raw_kps = raw.get("keypoints")
@@ -272,7 +299,30 @@ class _Parser:
         names = [k.name for k in keypoints]
         connections = tuple(self.connection(e, names, name) for e in raw.get("connections") or [])
         flip_pairs = self.flip_pairs(raw.get("flip_pairs") or [], names, name)
-        return SkeletonClass(name, color, keypoints, connections, flip_pairs)
+        box, padding = self.box(raw, name, len(keypoints))
+        return SkeletonClass(name, color, keypoints, connections, flip_pairs, box, padding)
+
+    def box(self, raw: dict, cls: str, keypoint_count: int) -> tuple[str, float]:
+        """The class's `box` mode and `box_padding`."""
+        box = raw.get("box", BOX_LABELED)
+        if box not in BOX_MODES:
+            raise self.fail(raw, f"box {box!r} of class {cls!r} must be one of {', '.join(BOX_MODES)} (labeled: boxes "
+                            "drawn in Label Studio; derived: from the labeled keypoints; either: a drawn box wins)")
+        if box != BOX_LABELED and keypoint_count < 2:
+            raise self.fail(raw, f"class {cls!r} has box: {box} but {keypoint_count} keypoint; a box is derived from "
+                            "at least two keypoints: add keypoints or use box: labeled")
+        if "box_padding" not in raw:
+            return box, DEFAULT_BOX_PADDING
+        padding = raw["box_padding"]
+        if box == BOX_LABELED:
+            raise self.fail(raw, f"box_padding of class {cls!r} is used only by derived boxes: set box: derived (or "
+                            "either), or remove box_padding")
+        if (not isinstance(padding, (int, float)) or isinstance(padding, bool) or not math.isfinite(padding)
+                or not 0 <= padding <= MAX_BOX_PADDING):
+            raise self.fail(raw, f"box_padding {padding!r} of class {cls!r} must be a number from 0 to "
+                            f"{MAX_BOX_PADDING:g}: the fraction of the keypoints' extent added on each side "
+                            f"(default {DEFAULT_BOX_PADDING})")
+        return box, float(padding)
 
     def keypoints(self, raw_kps: list, cls: str) -> tuple[Keypoint, ...]:
         grid = _grid_positions(len(raw_kps))

@@ -4,13 +4,16 @@ Label Studio keeps a keypoint as a point in percent of the image with exactly on
 (the plain keypoint name, or `class:keypoint` where two classes use a name at different
 positions: `Skeleton.keypoint_labels()`), tied to its box by `parentID`. Reading places
 it on its box at its model index; one without `parentID` joins the single box of a class
-that has its label and contains it.
+that has its label and contains it. A keypoint of a class whose boxes may be derived
+(`box: derived` or `either`) that joins no drawn box is set aside, tied to the instance's
+first keypoint by `parentID` when written, and grouped by `poseops.conversion.derived`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from poseops.conversion.derived import Loose, LoosePoint
 from poseops.conversion.rectangle import Box
 from poseops.conversion.report import DROPPED_KEYPOINT, DROPPED_NOTHING, Problem
 from poseops.conversion.vocab import BORDER_TOLERANCE, ID_TYPES, Vocab, number, single_label
@@ -54,12 +57,21 @@ class _Unusable(Exception):
         self.kind, self.why, self.label = kind, why, label
 
 
+class _Loose(Exception):
+    """The keypoint joins no drawn box, and its class may derive its box: it is grouped later."""
+
+    def __init__(self, parent: Any = None):
+        super().__init__(parent)
+        self.parent = parent
+
+
 def place_keypoint(v: Vocab, r: dict, task_id: Any, boxes: dict[Any, Box], dropped: set, occluded: set,
-                   keypoint_ids: set) -> Problem | None:
+                   keypoint_ids: set, loose: Loose | None = None) -> Problem | None:
     """Put one `keypointlabels` region on its box; the Problem when it cannot be used as it is.
 
     `dropped` holds the ids of boxes left out, `occluded` the ids of keypoints with the
-    visibility choice "occluded"; the region's id is added to `keypoint_ids`.
+    visibility choice "occluded"; the region's id is added to `keypoint_ids`. A keypoint
+    that joins no drawn box but may belong to a class with derived boxes goes to `loose`.
     """
     rid = r.get("id")
     try:
@@ -91,7 +103,11 @@ def place_keypoint(v: Vocab, r: dict, task_id: Any, boxes: dict[Any, Box], dropp
             raise _Unusable("out_of_range", f"lies outside the image (x {x}, y {y} percent); move it inside or delete it",
                             label)
         x, y = x / 100, y / 100
-        box = _box_of(v, r.get("parentID"), label, x, y, boxes, dropped)
+        try:
+            box = _box_of(v, r.get("parentID"), label, x, y, boxes, dropped, rid, loose)
+        except _Loose as e:
+            loose.points.append(LoosePoint(rid, label, index, x, y, 1 if rid in occluded else 2, e.parent))  # type: ignore[union-attr]
+            return None
         if box.kps[index] is not None:
             raise _Unusable("duplicate_keypoint", f"is the second {label!r} on box {box.id!r}; the first one is kept", label)
         box.kps[index] = (x, y, 1 if rid in occluded else 2)
@@ -105,12 +121,19 @@ def place_keypoint(v: Vocab, r: dict, task_id: Any, boxes: dict[Any, Box], dropp
     return None
 
 
-def _box_of(v: Vocab, parent: Any, label: str, x: float, y: float, boxes: dict[Any, Box], dropped: set) -> Box:
-    """The box a keypoint belongs to: the one its `parentID` names, else the one box of its class containing it."""
+def _box_of(v: Vocab, parent: Any, label: str, x: float, y: float, boxes: dict[Any, Box], dropped: set,
+            rid: Any = None, loose: Loose | None = None) -> Box:
+    """The box a keypoint belongs to: the one its `parentID` names, else the one box of its class containing it.
+
+    _Loose when it joins no drawn box and a class with its label may derive its box.
+    """
     classes = v.label_classes[label]
+    derivable = loose is not None and any(c in v.derivable for c in classes)
     if parent is not None and parent != "":
         box = boxes.get(parent) if type(parent) in ID_TYPES else None
         if box is None:
+            if derivable and type(parent) in ID_TYPES and parent in loose.keypoint_ids:  # type: ignore[union-attr]
+                raise _Loose(parent)  # tied to another keypoint: one instance
             if type(parent) in ID_TYPES and parent in dropped:
                 raise _Unusable("parent_dropped", f"belongs to box {parent!r}, which was left out (see its problem)",
                                 label)
@@ -120,7 +143,11 @@ def _box_of(v: Vocab, parent: Any, label: str, x: float, y: float, boxes: dict[A
             raise _Unusable("wrong_class", f"is attached to box {parent!r} of class {box.cls!r}, which has no such "
                             "keypoint", label)
         return box
+    if derivable and rid in loose.linked:  # type: ignore[union-attr]
+        raise _Loose()  # linked to other keypoints: grouped with them, whatever box it lies in
     fits = [b for b in boxes.values() if b.cls in classes and b.contains(x, y)]
+    if not fits and derivable:
+        raise _Loose()
     if not fits:
         raise _Unusable("orphan_keypoint", "has no parent box and lies in no box of a class with this keypoint; "
                         "attach it to its box in Label Studio", label)

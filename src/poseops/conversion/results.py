@@ -1,21 +1,25 @@
 """One annotation's Label Studio `result` list ↔ poses, both directions.
 
 Writing (`pose_to_results`): a pose becomes its box region, then one region per labeled
-keypoint (`parentID` = the box), each occluded one followed by its visibility choice.
-Reading (`results_to_poses`) is the exact inverse, and reports every region it cannot use.
+keypoint (`parentID` = the box), each occluded one followed by its visibility choice. A
+pose of a class with `box: derived` gets no box region: its keypoints are tied to its
+first labeled keypoint by `parentID` (one instance).
+Reading (`results_to_poses`) is the exact inverse, and reports every region it cannot use;
+boxes of derived classes are derived from their keypoints (`derived`).
 The regions of each tag are written and read in its own module: `rectangle`, `keypoint`,
-`visibility`.
+`visibility`, `relation`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from poseops.conversion import keypoint, rectangle, visibility
+from poseops.conversion import keypoint, rectangle, relation, visibility
+from poseops.conversion.derived import Loose, derived_pose, loose_instances
 from poseops.conversion.poses import MISSING, Pose
 from poseops.conversion.rectangle import Box
 from poseops.conversion.report import DROPPED_REGION, DROPPED_TASK, Problem
-from poseops.conversion.vocab import Vocab, vocab
+from poseops.conversion.vocab import ID_TYPES, Vocab, vocab
 from poseops.label_config import IMAGE
 from poseops.skeleton import Skeleton
 
@@ -29,10 +33,14 @@ def pose_to_results(
     original_height: int,
     region_id: str,
 ) -> list[dict]:
-    """The Label Studio result regions of one pose: its box, then its labeled keypoints (parentID = box)."""
+    """The Label Studio result regions of one pose: its box, then its labeled keypoints (parentID = box).
+
+    A class with `box: derived` has no box region: its keypoints' parentID is the pose's first labeled keypoint.
+    """
     common = {"to_name": IMAGE, "original_width": original_width, "original_height": original_height, "image_rotation": 0}
-    results = [rectangle.box_region(pose, region_id, common)]
     cls = skeleton.get(pose.class_name)
+    results = [rectangle.box_region(pose, region_id, common)] if cls.box_drawn else []
+    parent: str | None = region_id if cls.box_drawn else None
     for i, (kx, ky, v) in enumerate(pose.keypoints):
         if v <= 0:
             continue
@@ -40,7 +48,11 @@ def pose_to_results(
         geometry = keypoint.keypoint_geometry(kx, ky)
         label = skeleton.keypoint_label(cls.name, cls.keypoints[i].name)
         score = pose.keypoint_confidences[i] if pose.keypoint_confidences is not None else None
-        results.append(keypoint.keypoint_region(kp_id, region_id, label, geometry, common, score))
+        region = keypoint.keypoint_region(kp_id, parent or "", label, geometry, common, score)
+        if parent is None:
+            del region["parentID"]  # the instance's first keypoint; the others name it
+            parent = kp_id
+        results.append(region)
         if v == 1:
             results.append(visibility.occluded_choice(kp_id, geometry, common))
     return results
@@ -71,9 +83,10 @@ def results_to_poses(skeleton: Skeleton, results: Any, task_id: Any = None) -> t
 class _Regions:
     """An annotation's regions sorted by tag: boxes read, keypoints waiting for every box to be known."""
 
-    __slots__ = ("boxes", "dropped_boxes", "keypoints", "orphans", "occluded")
+    __slots__ = ("boxes", "dropped_boxes", "keypoints", "orphans", "occluded", "loose")
 
     def __init__(self) -> None:
+        self.loose = Loose()  # keypoints no drawn box holds, and the links between keypoints
         self.boxes: dict[Any, Box] = {}
         self.dropped_boxes: set[Any] = set()
         self.keypoints: list[dict] = []  # with parentID
@@ -92,17 +105,31 @@ def convert_results(v: Vocab, results: Any, task_id: Any) -> tuple[list[Pose], l
         refused = _sort_region(v, n, r, task_id, regions, problems)
         if refused is not None:
             return [], [refused]
+    loose = regions.loose
+    loose.linked.update(r["parentID"] for r in regions.keypoints
+                        if type(r["parentID"]) in ID_TYPES and r["parentID"] in loose.keypoint_ids)
     keypoint_ids: set[Any] = set()
     for r in regions.keypoints + regions.orphans:
         problem = keypoint.place_keypoint(v, r, task_id, regions.boxes, regions.dropped_boxes, regions.occluded,
-                                          keypoint_ids)
+                                          keypoint_ids, loose)
         if problem is not None:
             problems.append(problem)
     problems += visibility.stray_choices(task_id, regions.occluded, keypoint_ids)
-    poses = [
-        Pose(b.cls, (b.x, b.y, b.w, b.h), tuple(kp if kp is not None else MISSING for kp in b.kps))
-        for b in regions.boxes.values()
-    ]
+    poses = []
+    for b in regions.boxes.values():
+        if b.cls in v.derived:  # a box drawn for a class whose boxes are derived: it groups its points, no more
+            pose, problem = derived_pose(v, b.cls, b.kps, task_id, f"box {b.id!r}")
+            if problem is not None:
+                problems.append(Problem(task_id, problem.kind, problem.message, label=b.cls, region_id=b.id,
+                                        dropped=problem.dropped))
+                continue
+        else:
+            pose = Pose(b.cls, (b.x, b.y, b.w, b.h), tuple(kp if kp is not None else MISSING for kp in b.kps))
+        poses.append(pose)
+    if loose.points:
+        more, loose_problems = loose_instances(v, loose, task_id)
+        poses += more
+        problems += loose_problems
     return poses, problems
 
 
@@ -126,6 +153,12 @@ def _sort_region(v: Vocab, n: int, r: Any, task_id: Any, regions: _Regions, prob
     elif kind == keypoint.REGION_TYPE:
         parent = r.get("parentID")
         (regions.orphans if parent is None or parent == "" else regions.keypoints).append(r)
+        if type(r.get("id")) in ID_TYPES:
+            regions.loose.keypoint_ids.add(r["id"])
+    elif kind == relation.REGION_TYPE:
+        problem = relation.read_relation(r, n, task_id, regions.loose.edges, regions.loose.linked)
+        if problem is not None:
+            problems.append(problem)
     elif visibility.is_visibility(r):
         problem = visibility.read_visibility(r, n, task_id, regions.occluded)
         if problem is not None:

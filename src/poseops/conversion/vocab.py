@@ -26,6 +26,8 @@ class Vocab:
     label_classes: dict[str, frozenset[str]]  # keypoint label → the classes that have it
     class_labels: dict[str, tuple[str, ...]]  # class → its keypoint labels in model order
     keypoint_count: int
+    derivable: dict[str, float]  # class → box padding, for the classes whose boxes may be derived (`derived`, `either`)
+    derived: frozenset[str]  # the classes whose boxes are always derived (`box: derived`)
 
 
 @lru_cache(maxsize=16)
@@ -43,6 +45,8 @@ def vocab(skeleton: Skeleton) -> Vocab:
         label_classes={k: frozenset(v) for k, v in label_classes.items()},
         class_labels=class_labels,
         keypoint_count=skeleton.keypoint_count,
+        derivable={c.name: c.box_padding for c in skeleton.classes if c.box_derivable},
+        derived=frozenset(c.name for c in skeleton.classes if not c.box_drawn),
     )
 
 

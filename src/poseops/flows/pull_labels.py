@@ -30,7 +30,8 @@ def export_labels(dataset: str) -> steps.Snapshot:
 
 @task
 def check_ready(snapshot: steps.Snapshot, options: steps.PullOptions, dataset: str) -> steps.Readiness:
-    ready = steps.check_ready(snapshot.tasks, options, dataset)
+    skeleton = load_record(load_settings(), dataset).skeleton_spec()
+    ready = steps.check_ready(snapshot.tasks, options, dataset, skeleton)
     for warning in ready.warnings:
         get_run_logger().warning(warning)
     return ready

@@ -306,3 +306,29 @@ def test_a_keypoint_only_project_pulls_with_derived_boxes_and_points_without_box
     assert "set `box: derived` for class 'mouse'" in str(refused.value)
     assert tree_digest(dataset) == before
     assert (workspace / "data" / f"{name}.pull.json").read_text() == record
+
+
+def test_training_refuses_a_dataset_without_any_object(tmp_path):
+    import yaml
+
+    from poseops import training
+    from poseops.params import load_params
+
+    root = tmp_path / "project"
+    dataset = root / "data" / "reaching"
+    for split in ("train", "val"):
+        (dataset / "images" / split).mkdir(parents=True)
+        (dataset / "labels" / split).mkdir(parents=True)
+        (dataset / "images" / split / "a.png").write_bytes((DLC / "img005.png").read_bytes())
+        (dataset / "labels" / split / "a.txt").write_text("")  # every keypoint was dropped: empty label files
+    (dataset / "data.yaml").write_text(yaml.safe_dump({
+        "path": str(dataset), "train": "images/train", "val": "images/val", "names": {0: "mouse"},
+        "kpt_shape": [5, 3], "flip_idx": [0, 1, 2, 3, 4]}))
+    (root / "label_config").mkdir()
+    (root / "label_config" / "reaching.yaml").write_text(REACHING_SPEC.read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump({"skeleton": "label_config/reaching.yaml",
+                                                      "dataset": {"name": "reaching", "dir": "data/reaching"}}))
+    with pytest.raises(training.TrainingError, match="no label file holds an object .*1 train and 1 val images"):
+        training.prepare(load_params(root / "params.yaml"), root)
+    (dataset / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.2 0.2" + " 0.5 0.5 2" * 5 + "\n")
+    assert training.prepare(load_params(root / "params.yaml"), root).splits["train"].instances == 1

@@ -200,7 +200,7 @@ def test_too_few_images_are_refused(prefect_api, workspace, label_studio):
 
 
 @integration
-def test_an_orphan_keypoint_is_reported_not_lost_silently(prefect_api, workspace, label_studio):
+def test_an_orphan_keypoint_refuses_the_pull_not_lost_silently(prefect_api, workspace, label_studio):
     images = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
     name = f"orphan-{uuid.uuid4().hex[:8]}"
     with LabelStudioClient(label_studio) as client:
@@ -217,9 +217,9 @@ def test_an_orphan_keypoint_is_reported_not_lost_silently(prefect_api, workspace
             "value": {"x": 0.5, "y": 0.5, "width": 1.0, "keypointlabels": ["nose"]},
         }]
         upload_images(client, label_studio, name, [im.path for im in images], labels=labels)
-    summary = run_pull(name)
-    problems = summary["conversion"]["problems"]
-    assert len(problems) == 1 and problems[0]["label"] == "nose" and problems[0]["region_id"] == "lost"
+    with pytest.raises(NotReady, match=r"1 labeled keypoint\(s\) in 1 task\(s\) reach no object"):
+        run_pull(name)
+    assert not (workspace / "data" / name).exists()
 
 
 @integration

@@ -75,6 +75,11 @@ def prepare(params: Params, root: Path = Path("."), layout: Layout = Layout()) -
         if splits[split].images < minimum:
             raise TrainingError(f"{dataset_dir}: the {split} split has {splits[split].images} images, fewer than "
                                 f"prepare.min_{split}_images={minimum}: label more images or lower the minimum")
+    if not any(stats.instances for stats in splits.values()):
+        raise TrainingError(f"{dataset_dir}: no label file holds an object ({splits['train'].images} train and "
+                            f"{splits['val'].images} val images, all background): a model cannot learn from that. "
+                            "Label the objects (or, for points labeled without boxes, set `box: derived` for their "
+                            "class in the skeleton spec) and pull again")
 
     out = (root / layout.prepared).resolve()
     out.mkdir(parents=True, exist_ok=True)

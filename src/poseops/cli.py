@@ -61,7 +61,8 @@ def check_skeleton(spec: Annotated[Path, typer.Argument(help="Skeleton spec YAML
     skeleton = load_skeleton(spec)
     for cls in skeleton.classes:
         console.print(f"[bold]{cls.name}[/] {cls.color}: {len(cls.keypoints)} keypoints, "
-                      f"{len(cls.connections)} connections, {len(cls.flip_pairs)} flip pairs")
+                      f"{len(cls.connections)} connections, {len(cls.flip_pairs)} flip pairs, box: {cls.box}"
+                      + (f" (padding {cls.box_padding:g})" if cls.box_derivable else ""))
     console.print(f"kpt_shape: [{skeleton.keypoint_count}, 3]  flip_idx: {skeleton.flip_idx}")
 
 

@@ -4,7 +4,11 @@
 - One module per Label Studio tag, each writing and reading its own regions:
   `rectangle` (RectangleLabels: an object's box), `keypoint` (KeyPointLabels: one
   keypoint, tied to its box by `parentID`) and `visibility` (the per-region Choices that
-  marks a keypoint occluded).
+  marks a keypoint occluded) and `relation` (links between regions: an animal's points
+  tied together without a box).
+- `derived`: boxes derived from keypoints (`box: derived` / `either`): loose keypoints
+  grouped into instances, and each instance's box.
+- `unplaced`: labeled keypoints that reach no object, which the pull and `poseops convert` refuse.
 - `results`: one annotation's `result` list ↔ poses, built from the tag modules.
 - `annotations`: which annotation of a task is used.
 - `export`: reading and checking a Label Studio JSON export; matching tasks to image files.

@@ -115,22 +115,28 @@ def convert_results(v: Vocab, results: Any, task_id: Any) -> tuple[list[Pose], l
         if problem is not None:
             problems.append(problem)
     problems += visibility.stray_choices(task_id, regions.occluded, keypoint_ids)
-    poses = []
-    for b in regions.boxes.values():
-        if b.cls in v.derived:  # a box drawn for a class whose boxes are derived: it groups its points, no more
-            pose, problem = derived_pose(v, b.cls, b.kps, task_id, f"box {b.id!r}")
-            if problem is not None:
-                problems.append(Problem(task_id, problem.kind, problem.message, label=b.cls, region_id=b.id,
-                                        dropped=problem.dropped))
-                continue
-        else:
-            pose = Pose(b.cls, (b.x, b.y, b.w, b.h), tuple(kp if kp is not None else MISSING for kp in b.kps))
-        poses.append(pose)
+    poses = _box_poses(v, regions, task_id, problems)
     if loose.points:
         more, loose_problems = loose_instances(v, loose, task_id)
         poses += more
         problems += loose_problems
     return poses, problems
+
+
+def _box_poses(v: Vocab, regions: _Regions, task_id: Any, problems: list[Problem]) -> list[Pose]:
+    """The poses of the drawn boxes, in result order; a box drawn for a `derived` class only groups its points."""
+    poses = []
+    for b in regions.boxes.values():
+        if b.cls not in v.derived:
+            poses.append(Pose(b.cls, (b.x, b.y, b.w, b.h), tuple(kp if kp is not None else MISSING for kp in b.kps)))
+            continue
+        pose, problem = derived_pose(v, b.cls, b.kps, task_id, f"box {b.id!r}")
+        if problem is not None:
+            problems.append(Problem(task_id, problem.kind, problem.message, label=b.cls, region_id=b.id,
+                                    dropped=problem.dropped))
+        else:
+            poses.append(pose)  # type: ignore[arg-type]
+    return poses
 
 
 def _sort_region(v: Vocab, n: int, r: Any, task_id: Any, regions: _Regions, problems: list[Problem]) -> Problem | None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-from typing import Any
+import os
+import sys
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -39,9 +41,11 @@ def user_errors(fn):
         except PoseopsError as e:
             raise fail(str(e)) from None
         except KeyboardInterrupt as e:
-            err_console.print(f"[yellow]interrupted ({escape(str(e) or 'Ctrl-C')})[/]", highlight=False)
-            raise typer.Exit(130) from None
+            _interrupted(e)
         except Exception as e:
+            cause = interrupt_behind(e)
+            if cause is not None:  # Prefect's temporary server went down with us while it recorded the crash
+                _interrupted(cause)
             from poseops.tracking import store_problem, tracking_uri
 
             problem = store_problem(tracking_uri(), e)  # a broken MLflow store: say which and what to do
@@ -50,6 +54,30 @@ def user_errors(fn):
             raise fail(f"{problem}; then run again") from None
 
     return wrapper
+
+
+def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that an error happened while handling, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _interrupted(error: KeyboardInterrupt) -> NoReturn:
+    """Exit 130 at once, saying why.
+
+    Ctrl-C and SIGTERM reach the whole process group, Prefect's temporary server included; its
+    client would then wait at exit for a server that is gone. What had to be recorded (the MLflow
+    run ended as KILLED, the flow run's state where a server still answers) is recorded by now.
+    """
+    err_console.print(f"[yellow]interrupted ({escape(str(error) or 'Ctrl-C')})[/]", highlight=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def progress_bar() -> Progress:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from poseops.cli_common import console, err_console, flow, user_errors
+from poseops.cli_common import console, err_console, flow, interrupt_behind, user_errors
 
 
 @user_errors
@@ -36,8 +36,9 @@ def train(
     try:
         out = train_flow(root=str(root), overrides=list(overrides or []), use_dvc=dvc and training.is_dvc_repo(root),
                          promote=promote, resume=resume)
-    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the training's run is already ended as KILLED
-        err_console.print("[yellow]`poseops train --resume` goes on from the last finished epoch[/]")
+    except BaseException as e:  # Ctrl-C, SIGTERM: the training's run is already ended as KILLED
+        if interrupt_behind(e) is not None:
+            err_console.print("[yellow]`poseops train --resume` goes on from the last finished epoch[/]")
         raise
     if out["resumed"]:
         console.print(f"resumed from {out['resumed']['last']} after epoch {out['resumed']['epochs_done']} "

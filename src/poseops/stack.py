@@ -47,6 +47,9 @@ def connect_prefect(settings: Settings) -> bool:
     if prefect_server(settings).answers():
         os.environ["PREFECT_API_URL"] = f"{settings.prefect_url}/api"
         return True
+    # Prefect's temporary server is a child in this process group: Ctrl-C (or SIGTERM to the group) stops it
+    # with us, and a client retrying it with back-off would keep the command alive a minute for nothing.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "0")
     return False
 
 

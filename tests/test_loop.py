@@ -72,8 +72,8 @@ def stop_the_service(label_studio):
 
 
 def test_the_loop_end_to_end_then_a_worse_model_is_not_deployed(prefect_api, in_loop_repo, label_studio):
-    from flows.loop import improvement_loop
     from poseops.deploy import service_server
+    from poseops.flows.loop import improvement_loop
     from poseops.settings import load_settings
 
     skeleton = load_skeleton(PERSON_SPEC)
@@ -143,7 +143,7 @@ def test_deploying_a_missing_version_leaves_the_service_alone(prefect_api, in_lo
 
     server = service_server(load_settings())
     before = server.status()
-    from flows.deploy import deploy
+    from poseops.flows.deploy import deploy
 
     with pytest.raises(TrackingError, match="no version 99"):
         deploy(model_uri="models:/poseops-pose/99")

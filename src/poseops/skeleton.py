@@ -19,6 +19,14 @@ API's keypoint names, the playground's colours) is derived from it.
 `position` (optional) is where the template pre-label places the keypoint, as
 fractions of its box (0,0 = top-left corner, 1,1 = bottom-right corner).
 
+`sigma` (optional, per keypoint) is the keypoint's OKS sigma: how far, relative to the
+object's size, a prediction may be from the label and still count as right (COCO's person
+keypoints range from 0.025 for the eyes to 0.107 for the hips). Training's keypoint loss and
+validation's pose mAP use it (the dataset's `kpt_oks_sigmas`). Without it a keypoint gets
+COCO's sigma when its class's keypoints are COCO's 17 person keypoints, else
+DEFAULT_SIGMA (0.072: the median of COCO's sigmas). YOLO-pose has one sigma per keypoint
+position for all classes, so a later class may only repeat the first class's sigmas.
+
 `box` (optional, per class) says where an object's box comes from: `labeled` (drawn in
 Label Studio; the default), `derived` (the labeled keypoints' min/max, widened on each
 side by `box_padding` times the points' extent on that axis, clipped to the image) or
@@ -55,6 +63,18 @@ BOX_MODES = (BOX_LABELED, BOX_DERIVED, BOX_EITHER)
 DEFAULT_BOX_PADDING = 0.1  # of the points' extent, on each side, per axis
 MAX_BOX_PADDING = 1.0
 
+# COCO's per-keypoint OKS sigmas (pycocotools' cocoeval; Ultralytics' OKS_SIGMA), by keypoint name.
+COCO_SIGMAS = {
+    "nose": 0.026, "left_eye": 0.025, "right_eye": 0.025, "left_ear": 0.035, "right_ear": 0.035,
+    "left_shoulder": 0.079, "right_shoulder": 0.079, "left_elbow": 0.072, "right_elbow": 0.072,
+    "left_wrist": 0.062, "right_wrist": 0.062, "left_hip": 0.107, "right_hip": 0.107,
+    "left_knee": 0.087, "right_knee": 0.087, "left_ankle": 0.089, "right_ankle": 0.089,
+}
+# The sigma of a keypoint of any other skeleton: the median of COCO's 17 (their mean is 0.067), a
+# typical body joint, rather than Ultralytics' 1/K, which loosens OKS as keypoints are fewer.
+DEFAULT_SIGMA = 0.072
+MAX_SIGMA = 1.0
+
 
 class SkeletonError(PoseopsError, ValueError):
     """A skeleton spec that cannot be used; the message names the file, line and entry."""
@@ -65,6 +85,7 @@ class Keypoint:
     name: str
     color: str
     position: tuple[float, float]
+    sigma: float | None = None  # the spec's OKS sigma; None: the default (SkeletonClass.oks_sigmas)
 
 
 @dataclass(frozen=True)
@@ -98,6 +119,13 @@ class SkeletonClass:
     def keypoint_names(self) -> list[str]:
         return [k.name for k in self.keypoints]
 
+    @property
+    def oks_sigmas(self) -> list[float]:
+        """Each keypoint's OKS sigma, in model order: the spec's, else COCO's or DEFAULT_SIGMA."""
+        coco = set(self.keypoint_names) == set(COCO_SIGMAS)
+        return [k.sigma if k.sigma is not None else COCO_SIGMAS[k.name] if coco else DEFAULT_SIGMA
+                for k in self.keypoints]
+
     def index(self, keypoint: str) -> int:
         return self.keypoint_names.index(keypoint)
 
@@ -127,6 +155,11 @@ class Skeleton:
     @property
     def flip_idx(self) -> list[int]:
         return self.classes[0].flip_idx
+
+    @property
+    def oks_sigmas(self) -> list[float]:
+        """The dataset's `kpt_oks_sigmas`: one per keypoint position, the same for all classes."""
+        return self.classes[0].oks_sigmas
 
     def get(self, class_name: str) -> SkeletonClass:
         for c in self.classes:
@@ -265,7 +298,19 @@ class _Parser:
                     f"class {cls.name!r} pairs its keypoints left/right at other positions than {first.name!r}; "
                     "YOLO-pose uses one flip_idx for all classes: order the keypoints so the pairs line up",
                 )
+            self.same_sigmas(cls, first, raw)
         return Skeleton(classes=tuple(classes), source=self.source)
+
+    def same_sigmas(self, cls: SkeletonClass, first: SkeletonClass, raw: Any) -> None:
+        """A later class's explicit sigmas must be the first class's (YOLO-pose has one sigma per position)."""
+        for kp, mine, theirs in zip(cls.keypoints, cls.oks_sigmas, first.oks_sigmas, strict=True):
+            if kp.sigma is not None and not math.isclose(mine, theirs):
+                raise self.fail(
+                    raw,
+                    f"keypoint {kp.name!r} of class {cls.name!r} has sigma {mine:g} but the keypoint at its position "
+                    f"in {first.name!r} has {theirs:g}; YOLO-pose uses one OKS sigma per keypoint position for all "
+                    "classes: give the first class the sigma, and the others none or the same",
+                )
 
     def unknown_keys(self, node: dict, allowed: set[str], what: str) -> None:
         extra = sorted(set(node) - allowed)
@@ -335,14 +380,24 @@ class _Parser:
                 raw.line = getattr(raw_kps, "line", 0)
             if not isinstance(raw, dict):
                 raise self.fail(raw_kps, f"keypoint #{i + 1} of class {cls!r} must be a name or a mapping with 'name'")
-            self.unknown_keys(raw, {"name", "color", "position"}, f"keypoint #{i + 1} of class {cls!r}")
+            self.unknown_keys(raw, {"name", "color", "position", "sigma"}, f"keypoint #{i + 1} of class {cls!r}")
             name = self.name(raw, raw.get("name"), f"keypoint #{i + 1} name of class {cls!r}")
             if any(k.name == name for k in out):
                 raise self.fail(raw, f"keypoint {name!r} is listed twice in class {cls!r}; keypoint names must be unique")
             color = self.color(raw, raw.get("color"), free_colors[i % len(free_colors)], f"keypoint {name!r}")
             position = self.position(raw, raw.get("position"), grid[i], name)
-            out.append(Keypoint(name, color, position))
+            out.append(Keypoint(name, color, position, self.sigma(raw, raw.get("sigma"), name)))
         return tuple(out)
+
+    def sigma(self, node: Any, value: Any, kp: str) -> float | None:
+        if value is None:
+            return None
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                or not 0 < value <= MAX_SIGMA):
+            raise self.fail(node, f"sigma {value!r} of keypoint {kp!r} must be a number above 0 and at most "
+                            f"{MAX_SIGMA:g}: its OKS sigma, relative to the object's size (COCO: 0.025 for an eye "
+                            f"to 0.107 for a hip; default {DEFAULT_SIGMA})")
+        return float(value)
 
     def position(self, node: Any, value: Any, default: tuple[float, float], kp: str) -> tuple[float, float]:
         if value is None:

@@ -65,6 +65,7 @@ def data_yaml(skeleton: Skeleton, path: str | Path) -> dict[str, Any]:
         "kpt_shape": [skeleton.keypoint_count, 3],
         "flip_idx": list(skeleton.flip_idx),
         "kpt_names": {i: cls.keypoint_names for i, cls in enumerate(skeleton.classes)},
+        "kpt_oks_sigmas": skeleton.oks_sigmas,  # Ultralytics' loss and validation (pose mAP) read them
     }
 
 

@@ -31,7 +31,7 @@ _EXPORTS = {
     "layout": ("MODEL_ARTIFACTS", "PACKAGE_LINK", "STATE_FILE", "VERSION_FILE", "Layout", "TrainingError",
                "finished_run_id", "link_package", "read_metrics", "read_state", "resolved_data_yaml", "run_stage",
                "write_state"),
-    "dataset": ("DatasetInfo", "SplitStats", "prepare", "read_dataset_info", "redact"),
+    "dataset": ("DatasetInfo", "SplitStats", "prepare", "read_dataset_info", "redact", "skeleton_fingerprint"),
     "init_weights": ("InitWeights", "find_weights", "resolve_init_weights"),
     "resume": ("Resumable", "checkpoint_epochs", "interrupted_training", "settle_dead_run"),
     "fit": ("TrainResult", "train"),

@@ -40,7 +40,8 @@ class DatasetInfo:
     pull: dict[str, Any] | None  # the pull record beside it (Label Studio project and snapshot), secrets redacted
     splits: dict[str, SplitStats]
     kpt_shape: list[int]
-    skeleton: dict[str, str]  # path and sha256 of the spec
+    skeleton: dict[str, str]  # path and sha256 of the spec, and its fingerprint (skeleton_fingerprint)
+    kpt_oks_sigmas: list[float] | None = None  # the OKS sigmas data.yaml carries (the spec's)
 
     @property
     def source(self) -> dict[str, Any]:
@@ -92,6 +93,7 @@ def prepare(params: Params, root: Path = Path("."), layout: Layout = Layout()) -
         "kpt_shape": kpt_shape,
         "flip_idx": skeleton.flip_idx,
         "kpt_names": {i: cls.keypoint_names for i, cls in enumerate(skeleton.classes)},
+        "kpt_oks_sigmas": skeleton.oks_sigmas,  # from the spec, always: the loss and pose mAP use them
     }
     (out / "data.yaml").write_text(yaml.safe_dump(prepared, sort_keys=False), encoding="utf-8")
 
@@ -103,10 +105,22 @@ def prepare(params: Params, root: Path = Path("."), layout: Layout = Layout()) -
         pull=_read_json(dataset_dir.with_name(f"{dataset_dir.name}.pull.json")),  # beside it: Label Studio snapshot
         splits=splits,
         kpt_shape=kpt_shape,
-        skeleton={"path": params.skeleton, "sha256": hashlib.sha256(skeleton_path.read_bytes()).hexdigest()},
+        skeleton={"path": params.skeleton, "sha256": hashlib.sha256(skeleton_path.read_bytes()).hexdigest(),
+                  "fingerprint": skeleton_fingerprint(skeleton)},
+        kpt_oks_sigmas=skeleton.oks_sigmas,
     )
     (out / DATASET_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n", encoding="utf-8")
     return info
+
+
+def skeleton_fingerprint(skeleton: Skeleton) -> str:
+    """What makes two models' outputs the same kind: the classes and their keypoints in order, and the flip pairs.
+
+    Colours, template positions and sigmas are left out: they change no model output.
+    """
+    blob = json.dumps({"classes": [[c.name, c.keypoint_names] for c in skeleton.classes],
+                       "flip_idx": skeleton.flip_idx}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def read_dataset_info(layout: Layout) -> DatasetInfo:

@@ -46,7 +46,8 @@ def validate(weights: Path, data_yaml: Path, params: Params, save_dir: Path, plo
 def eval_key(params: Params, dataset: DatasetInfo) -> str:
     """Identifies an evaluation setting: same key, same val split and conditions, comparable figures."""
     blob = json.dumps({"dataset": dataset.dvc_hash, "split": params.evaluate.split, "imgsz": params.train.imgsz,
-                       "conf": params.evaluate.conf, "iou": params.evaluate.iou}, sort_keys=True)
+                       "conf": params.evaluate.conf, "iou": params.evaluate.iou,
+                       "sigmas": dataset.kpt_oks_sigmas}, sort_keys=True)  # pose mAP's OKS depends on them
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -1,9 +1,10 @@
 """Pull a Label Studio project into a validated, DVC-versioned YOLO-pose dataset.
 
-The steps, each a plain function (the Prefect flow in `flows/pull_labels.py` runs them
+The steps, each a plain function (the Prefect flow in `poseops.flows.pull_labels` runs them
 as tasks): export a snapshot, check the labels are ready, fetch the images through a
-content-addressed cache, convert into a temporary directory, swap it into place, and
-record the result with DVC (pushed to the configured remote) and git.
+content-addressed cache (`poseops.imagecache`), convert into a temporary directory, swap it
+into place, and record the result with DVC (pushed to the configured remote) and git
+(`poseops.versioning`). The results and errors are typed in `poseops.pull_results`.
 
 A failed pull leaves the previous dataset untouched: nothing is written to
 `data/<name>` until the new dataset is complete. Two pulls of one dataset at once:
@@ -14,45 +15,34 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
-import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import unquote
-
-import httpx
 
 from poseops.conversion.report import ConversionReport
-from poseops.dvc import DvcError, run_dvc
-from poseops.errors import PoseopsError
+from poseops.imagecache import ImageCache, fetch_images, image_sha256, image_suffix, image_url_problem  # noqa: F401
 from poseops.labelstudio import LabelStudioClient, LabelStudioError
 from poseops.params import PullParams
-from poseops.pull_results import DatasetManifest, PullRecord, PullResult
+from poseops.pull_results import (  # noqa: F401 - the pull's errors and results, importable from here
+    DatasetManifest,
+    DvcPushError,
+    NotReady,
+    PullError,
+    PullRecord,
+    PullResult,
+    pull_record_path,
+    write_pull_record,
+)
 from poseops.safepaths import check_dataset_name, inside_project, open_lock_file, scratch_dir, swap_into_place
 from poseops.settings import Settings
 from poseops.skeleton import Skeleton
-
-
-class NotReady(PoseopsError, RuntimeError):
-    """The labels are not ready to train on; the message says why and what to do."""
-
-
-class PullError(PoseopsError, RuntimeError):
-    pass
-
-
-class DvcPushError(PullError):
-    """The dataset was built and recorded locally, but the DVC remote did not take it."""
-
+from poseops.versioning import dvc, ensure_dvc, repo_root, version_dataset  # noqa: F401
 
 _DEFAULTS = PullParams()
 
@@ -178,135 +168,6 @@ def check_ready(tasks: list[dict], options: PullOptions, dataset: str, skeleton:
     return Readiness(labeled, unlabeled, skipped, warnings)
 
 
-# --- images ---------------------------------------------------------------------------------
-
-
-def image_url_problem(task: dict) -> str | None:
-    """Why the task's `data.image` is no URL to download its image from (None when it is one).
-
-    Label Studio serves uploads and local files under its own URL (`/data/...`); other
-    http(s) URLs are fetched as they are. Anything else (a file path, `file://`, `s3://`
-    without presigning) is refused, never read from this machine.
-    """
-    data = task.get("data")
-    url = data.get("image") if isinstance(data, dict) else None
-    if not isinstance(url, str) or not url:
-        keys = ", ".join(map(str, data)) if isinstance(data, dict) else "none"
-        return f"no image URL in data.image (its data keys: {keys})"
-    if any(ord(c) < 32 for c in url):
-        return f"its image URL {url[:200]!r} holds control characters"
-    if not url.startswith(("/", "http://", "https://")) or url.startswith("//"):
-        return f"its image URL {url[:200]!r} is neither a path on Label Studio (/data/...) nor an http(s) URL"
-    path = unquote(url.split("?", 1)[0]).replace("\\", "/")
-    if ".." in path.split("/"):
-        return f"its image URL {url[:200]!r} climbs out of its folder ('..'); Label Studio never writes such URLs"
-    return None
-
-
-class ImageCache:
-    """Images by content hash under `<home>/cache/images` (`<sha256>.<type>`), with the URL each came from."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.index_path = root / "urls.json"
-        self.urls: dict[str, str] = json.loads(self.index_path.read_text()) if self.index_path.is_file() else {}
-
-    def _find(self, sha256: str) -> Path | None:
-        return next(iter((self.root / sha256[:2]).glob(f"{sha256}.*")), None)
-
-    def lookup(self, task: dict) -> Path | None:
-        data = task.get("data")
-        data = data if isinstance(data, dict) else {}
-        sha = data.get("sha256") or self.urls.get(str(data.get("image")))
-        # only a real hash: a task's text never becomes a path (it could lead out of the cache)
-        return self._find(sha) if isinstance(sha, str) and SHA256_HEX.fullmatch(sha) else None
-
-    def store(self, url: str, content: bytes) -> Path:
-        sha = hashlib.sha256(content).hexdigest()
-        path = self._find(sha)
-        if path is None:
-            path = self.root / sha[:2] / f"{sha}{image_suffix(content, url)}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{sha}.{os.getpid()}.tmp")
-            tmp.write_bytes(content)
-            tmp.replace(path)
-        self.urls[url] = sha
-        return path
-
-    def save_index(self) -> None:
-        tmp = self.index_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.urls))
-        tmp.replace(self.index_path)
-
-
-SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_PIL_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif", "MPO": ".jpg"}
-
-
-def image_suffix(content: bytes, url: str) -> str:
-    """The file type of downloaded image bytes, from the content itself (the URL's suffix may lie)."""
-    import io
-
-    from PIL import UnidentifiedImageError
-
-    from poseops.imageio import open_image
-
-    try:
-        with open_image(io.BytesIO(content)) as im:
-            return _PIL_SUFFIX.get(im.format or "", ".bin")
-    except (UnidentifiedImageError, OSError):
-        return ".bin"  # not an image: the converter reports it
-
-
-def fetch_images(
-    client: LabelStudioClient, tasks: list[dict], cache: ImageCache, workers: int = 8,
-    on_progress: Callable[[int], None] | None = None,
-) -> tuple[dict[int, Path], int]:
-    """Each task's image as a local file (cache first). Returns (task id → path, number downloaded)."""
-    paths: dict[int, Path] = {}
-    missing: list[dict] = []
-    for task in tasks:
-        hit = cache.lookup(task)
-        if hit is not None:
-            paths[task["id"]] = hit
-            if on_progress:
-                on_progress(1)
-        else:
-            missing.append(task)
-
-    def download(task: dict) -> tuple[int, Path]:
-        problem = image_url_problem(task)
-        if problem is not None:
-            raise PullError(f"task {task['id']}: {problem}")
-        url = task["data"]["image"]
-        try:
-            content = client.download(url)
-        except (LabelStudioError, httpx.HTTPError) as e:
-            kind = type(e) if isinstance(e, LabelStudioError) else LabelStudioError
-            raise kind(f"downloading the image of task {task['id']} ({url[:200]}) failed: {e}") from None
-        return task["id"], cache.store(url, content)
-
-    pool = ThreadPoolExecutor(max_workers=workers)
-    try:
-        for task_id, path in pool.map(download, missing):
-            paths[task_id] = path
-            if on_progress:
-                on_progress(1)
-    finally:
-        pool.shutdown(cancel_futures=True)  # after a failure, the downloads not yet started never start
-        cache.save_index()  # what did arrive stays cached for the next pull
-    return paths, len(missing)
-
-
-def image_sha256(path: Path) -> str:
-    """The content hash of a cached image (its file name), or computed for any other file."""
-    stem = path.stem
-    if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem):
-        return stem
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --- the dataset directory --------------------------------------------------------------------
 
 
@@ -348,104 +209,6 @@ def ignore_scratch_files(data_root: Path) -> None:
     missing = [p for p in SCRATCH_PATTERNS if p not in lines]
     if missing:
         ignore.write_text("\n".join([*lines, *missing]) + "\n")
-
-
-# --- DVC and git -------------------------------------------------------------------------------------
-
-
-def _run(cmd: list[str], cwd: Path, what: str) -> str:
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if r.returncode != 0:
-        lines = [line for line in (r.stderr or r.stdout).splitlines() if line.strip() and "dvc.org/support" not in line]
-        raise PullError(f"{what} failed: {chr(10).join(lines)[-1500:]}")
-    return r.stdout
-
-
-def dvc(args: list[str], cwd: Path, what: str) -> str:
-    try:
-        return run_dvc(args, cwd, what).stdout
-    except DvcError as e:
-        raise PullError(str(e)) from None
-
-
-def repo_root(path: Path) -> Path:
-    r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise PullError(f"{path.resolve()} is not inside a git repository; DVC versions datasets in git. "
-                        "Run `git init` there (or pass --no-version).")
-    return Path(r.stdout.strip())
-
-
-def ensure_dvc(root: Path, settings: Settings) -> None:
-    """DVC initialized in the repository, with a default remote (a local folder on first use)."""
-    if not (root / ".dvc").is_dir():
-        dvc(["init", "-q"], root, "dvc init")
-    if not dvc(["remote", "list"], root, "dvc remote list").strip():
-        remote = (settings.home / "dvc-remote").resolve()
-        remote.mkdir(parents=True, exist_ok=True)
-        dvc(["remote", "add", "-d", "local", str(remote)], root, "dvc remote add")
-
-
-def default_remote(root: Path) -> str:
-    """`'name' (url)` of the DVC remote `dvc push` uses, for messages."""
-    try:
-        name = dvc(["remote", "default"], root, "dvc remote default").strip()
-        return f"{name!r} ({dvc(['config', f'remote.{name}.url'], root, 'dvc config').strip()})"
-    except PullError:
-        return "(see `dvc remote list`)"
-
-
-def dvc_md5(dvc_file: Path) -> str:
-    import yaml
-
-    outs = yaml.safe_load(dvc_file.read_text())["outs"]
-    return outs[0]["md5"]
-
-
-def version_dataset(
-    dataset_dir: Path, settings: Settings, message: str, record: PullRecord, commit: bool = True
-) -> tuple[str, bool, str | None]:
-    """`dvc add` + `dvc push` the dataset and commit its .dvc file and pull record.
-
-    The pull record is rewritten only when the data changed, so it always describes the
-    version it sits beside. Returns (DVC hash, pushed, git commit). When the remote does not
-    take the data, the version is still recorded and committed locally, then DvcPushError says so.
-    """
-    root = repo_root(dataset_dir.parent)
-    ensure_dvc(root, settings)
-    rel = dataset_dir.resolve().relative_to(root)
-    dvc_file = root / f"{rel}.dvc"
-    before = dvc_md5(dvc_file) if dvc_file.is_file() else None
-    dvc(["add", "-q", str(rel)], root, f"dvc add {rel}")
-    md5 = dvc_md5(dvc_file)
-    record_path = pull_record_path(dataset_dir)
-    if md5 != before or not record_path.is_file():
-        write_pull_record(record_path, dataclasses.replace(record, dvc_md5=md5))
-    push_failure = None
-    try:
-        dvc(["push", str(dvc_file.relative_to(root))], root, "dvc push")  # not -q: that hides its error
-    except PullError as e:
-        push_failure = str(e)  # the version is in the local DVC cache: committed below, pushed later
-    git_commit = None
-    if commit:
-        paths = [str(dvc_file.relative_to(root)), str(record_path.resolve().relative_to(root)),
-                 str(rel.parent / ".gitignore"), ".dvc/config", ".dvcignore", ".dvc/.gitignore"]
-        paths = [p for p in paths if (root / p).exists()]
-        _run(["git", "add", "--", *paths], root, "git add")
-        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], cwd=root)
-        if staged.returncode != 0:
-            _run(["git", "commit", "-q", "-m", message, "--", *paths], root, "git commit")
-        git_commit = _run(["git", "rev-parse", "HEAD"], root, "git rev-parse").strip()
-    if push_failure is not None:
-        dvc_rel = dvc_file.relative_to(root)
-        kept = f"committed to git ({git_commit[:12]})" if git_commit else "not committed to git (--no-commit)"
-        raise DvcPushError(
-            f"{rel} was built and recorded with DVC locally (version {md5}, {kept}), but the DVC remote "
-            f"{default_remote(root)} did not take it: {push_failure[-600:]}\nThe dataset is usable on this machine; "
-            f"nobody else can fetch it yet. Make the remote reachable, then run `dvc push {dvc_rel}` in {root} "
-            "(or pull again: it pushes the same version)."
-        )
-    return md5, True, git_commit
 
 
 # --- the whole pull ----------------------------------------------------------------------------------
@@ -549,19 +312,10 @@ def pull_record(name: str, label_studio_url: str, snapshot: Snapshot, ready: Rea
     )
 
 
-def write_pull_record(path: Path, record: PullRecord) -> None:
-    path.write_text(json.dumps(record.to_record(), indent=2) + "\n")
-
-
 def conversion_summary(problems: list, shown: int = 10) -> str:
     """`task 12: unknown_label, task 15: no_image, ...` for a warning line."""
     listed = ", ".join(f"task {p.task_id}: {p.kind}" for p in problems[:shown])
     return listed + (f" and {len(problems) - shown} more" if len(problems) > shown else "")
-
-
-def pull_record_path(dataset_dir: Path) -> Path:
-    """`data/<name>.pull.json`: where the current dataset version came from (git-tracked, beside its .dvc file)."""
-    return dataset_dir.with_name(f"{dataset_dir.name}.pull.json")
 
 
 def relocate_data_yaml(data_yaml: Path, target: Path) -> None:

@@ -1,4 +1,4 @@
-"""What a pull produces, typed: the pull record, the dataset's manifest and the `PullResult`.
+"""What a pull produces, typed (the pull record, the dataset's manifest, the `PullResult`), and how it fails.
 
 `PullRecord.to_record()` is the JSON of `data/<name>.pull.json` (git-tracked beside the
 dataset's .dvc file: where this version came from); `DatasetManifest.to_dict()` is the
@@ -8,11 +8,26 @@ dataset and DVC hash). The conversion's counts stay a typed `ConversionReport`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from poseops.conversion.report import ConversionReport
+from poseops.errors import PoseopsError
+
+
+class NotReady(PoseopsError, RuntimeError):
+    """The labels are not ready to train on; the message says why and what to do."""
+
+
+class PullError(PoseopsError, RuntimeError):
+    pass
+
+
+class DvcPushError(PullError):
+    """The dataset was built and recorded locally, but the DVC remote did not take it."""
+
 
 _RECORD_FIELDS = ("dataset", "label_studio_url", "label_studio_project_id", "export_snapshot_id", "pulled_at", "tasks",
                   "labeled_tasks", "unlabeled_task_ids", "skipped_task_ids")
@@ -118,3 +133,12 @@ class PullResult:
     def manifest(self) -> dict[str, Any]:
         """The manifest's JSON data (`manifest.json`)."""
         return self.dataset_manifest.to_dict()
+
+
+def pull_record_path(dataset_dir: Path) -> Path:
+    """`data/<name>.pull.json`: where the current dataset version came from (git-tracked, beside its .dvc file)."""
+    return dataset_dir.with_name(f"{dataset_dir.name}.pull.json")
+
+
+def write_pull_record(path: Path, record: PullRecord) -> None:
+    path.write_text(json.dumps(record.to_record(), indent=2) + "\n")

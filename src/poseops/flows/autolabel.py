@@ -17,8 +17,8 @@ from prefect.artifacts import create_markdown_artifact
 from poseops import autolabel as steps
 from poseops.datasets import load_record, project_of
 from poseops.flows.retries import NETWORK_RETRIES, label_studio
+from poseops.imagecache import ImageCache, fetch_images
 from poseops.params import AutolabelParams, load_params
-from poseops.pull import ImageCache, fetch_images
 from poseops.reports import AutolabelSummary, artifact_key, autolabel_markdown
 from poseops.settings import load_settings
 

@@ -1,0 +1,110 @@
+"""A pulled dataset's version: `dvc add` + `dvc push` to the configured remote, and a git commit
+of its .dvc file and pull record. DVC and git are run as the user would run them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+from poseops.dvc import DvcError, run_dvc
+from poseops.pull_results import DvcPushError, PullError, PullRecord, pull_record_path, write_pull_record
+from poseops.settings import Settings
+
+
+def _run(cmd: list[str], cwd: Path, what: str) -> str:
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        lines = [line for line in (r.stderr or r.stdout).splitlines() if line.strip() and "dvc.org/support" not in line]
+        raise PullError(f"{what} failed: {chr(10).join(lines)[-1500:]}")
+    return r.stdout
+
+
+def dvc(args: list[str], cwd: Path, what: str) -> str:
+    try:
+        return run_dvc(args, cwd, what).stdout
+    except DvcError as e:
+        raise PullError(str(e)) from None
+
+
+def repo_root(path: Path) -> Path:
+    r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise PullError(f"{path.resolve()} is not inside a git repository; DVC versions datasets in git. "
+                        "Run `git init` there (or pass --no-version).")
+    return Path(r.stdout.strip())
+
+
+def ensure_dvc(root: Path, settings: Settings) -> None:
+    """DVC initialized in the repository, with a default remote (a local folder on first use)."""
+    if not (root / ".dvc").is_dir():
+        dvc(["init", "-q"], root, "dvc init")
+    if not dvc(["remote", "list"], root, "dvc remote list").strip():
+        remote = (settings.home / "dvc-remote").resolve()
+        remote.mkdir(parents=True, exist_ok=True)
+        dvc(["remote", "add", "-d", "local", str(remote)], root, "dvc remote add")
+
+
+def default_remote(root: Path) -> str:
+    """`'name' (url)` of the DVC remote `dvc push` uses, for messages."""
+    try:
+        name = dvc(["remote", "default"], root, "dvc remote default").strip()
+        return f"{name!r} ({dvc(['config', f'remote.{name}.url'], root, 'dvc config').strip()})"
+    except PullError:
+        return "(see `dvc remote list`)"
+
+
+def dvc_md5(dvc_file: Path) -> str:
+    import yaml
+
+    outs = yaml.safe_load(dvc_file.read_text())["outs"]
+    return outs[0]["md5"]
+
+
+def version_dataset(
+    dataset_dir: Path, settings: Settings, message: str, record: PullRecord, commit: bool = True
+) -> tuple[str, bool, str | None]:
+    """`dvc add` + `dvc push` the dataset and commit its .dvc file and pull record.
+
+    The pull record is rewritten only when the data changed, so it always describes the
+    version it sits beside. Returns (DVC hash, pushed, git commit). When the remote does not
+    take the data, the version is still recorded and committed locally, then DvcPushError says so.
+    """
+    root = repo_root(dataset_dir.parent)
+    ensure_dvc(root, settings)
+    rel = dataset_dir.resolve().relative_to(root)
+    dvc_file = root / f"{rel}.dvc"
+    before = dvc_md5(dvc_file) if dvc_file.is_file() else None
+    dvc(["add", "-q", str(rel)], root, f"dvc add {rel}")
+    md5 = dvc_md5(dvc_file)
+    record_path = pull_record_path(dataset_dir)
+    if md5 != before or not record_path.is_file():
+        write_pull_record(record_path, dataclasses.replace(record, dvc_md5=md5))
+    push_failure = None
+    try:
+        dvc(["push", str(dvc_file.relative_to(root))], root, "dvc push")  # not -q: that hides its error
+    except PullError as e:
+        push_failure = str(e)  # the version is in the local DVC cache: committed below, pushed later
+    git_commit = None
+    if commit:
+        paths = [str(dvc_file.relative_to(root)), str(record_path.resolve().relative_to(root)),
+                 str(rel.parent / ".gitignore"), ".dvc/config", ".dvcignore", ".dvc/.gitignore"]
+        paths = [p for p in paths if (root / p).exists()]
+        _run(["git", "add", "--", *paths], root, "git add")
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *paths], cwd=root)
+        if staged.returncode != 0:
+            _run(["git", "commit", "-q", "-m", message, "--", *paths], root, "git commit")
+        git_commit = _run(["git", "rev-parse", "HEAD"], root, "git rev-parse").strip()
+    if push_failure is not None:
+        dvc_rel = dvc_file.relative_to(root)
+        kept = f"committed to git ({git_commit[:12]})" if git_commit else "not committed to git (--no-commit)"
+        raise DvcPushError(
+            f"{rel} was built and recorded with DVC locally (version {md5}, {kept}), but the DVC remote "
+            f"{default_remote(root)} did not take it: {push_failure[-600:]}\nThe dataset is usable on this machine; "
+            f"nobody else can fetch it yet. Make the remote reachable, then run `dvc push {dvc_rel}` in {root} "
+            "(or pull again: it pushes the same version)."
+        )
+    return md5, True, git_commit
+
+

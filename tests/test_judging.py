@@ -97,3 +97,72 @@ def test_spec_sigmas_reach_ultralytics_loss_and_validator(tmp_path):
             project=str(tmp_path / "runs"), name="v", exist_ok=True)
     assert validator_sigmas == [pytest.approx(expected, abs=1e-6)]
     shutil.rmtree(tmp_path / "runs")
+
+
+# --- promotion: a floor, and only against the same dataset and skeleton -----------------------------------
+
+
+def promote_params(**overrides):
+    return load_params(ROOT / "params.yaml", overrides)
+
+
+@pytest.mark.parametrize(("cand", "champ", "promoted", "reason"), [
+    (0.0, None, False, "pose_mAP50-95 0.0000 < promote.min_metric 0.01: too poor to serve, no champion yet"),
+    (0.0, 0.0, False, "pose_mAP50-95 0.0000 < promote.min_metric 0.01: too poor to serve, champion stays version 1"),
+    (0.009, None, False, "< promote.min_metric 0.01"),
+    (0.01, None, True, "no champion yet, pose_mAP50-95 0.0100 ≥ promote.min_metric 0.01"),
+    (0.5, 0.4, True, "pose_mAP50-95 0.5000 ≥ 0.4000 + 0.0"),
+    (0.3, 0.4, False, "pose_mAP50-95 0.3000 < 0.4000 + 0.0"),
+])
+def test_a_model_below_the_floor_is_never_promoted(cand, champ, promoted, reason):
+    p = training.decide(promote_params(), "2", cand, None if champ is None else "1", champ)
+    assert p.promoted is promoted and reason in p.reason and p.min_metric == 0.01
+
+
+def test_the_floor_is_a_param_validated_like_its_neighbours():
+    assert training.decide(promote_params(**{"promote.min_metric": 0.0}), "1", 0.0, None, None).promoted
+    from poseops.params import ParamsError
+
+    with pytest.raises(ParamsError, match="'promote.min_metric' is -0.1; it must be between 0.0 and 2.0"):
+        promote_params(**{"promote.min_metric": -0.1})
+
+
+def test_a_champion_of_another_dataset_or_skeleton_never_competes():
+    quadruped = training.skeleton_fingerprint(load_skeleton(QUADRUPED))
+    person = training.skeleton_fingerprint(load_skeleton(ROOT / "label_config" / "skeletons" / "person.yaml"))
+    dogs = training.ModelKind("dogs", quadruped)
+    assert training.kind_mismatch(dogs, training.ModelKind("dogs", quadruped), "champion", "1") is None
+    assert training.kind_mismatch(dogs, None, "champion", "") is None
+    for other in (training.ModelKind("people", quadruped), training.ModelKind("dogs", person)):
+        why = training.kind_mismatch(dogs, other, "champion", "4")
+        assert f"the champion (version 4) was trained for {other}, this version for {dogs}" in why
+        p = training.decide(promote_params(), "5", 0.9, "4", None, why)
+        assert not p.promoted and p.reason == why  # far better, still not promoted
+    assert str(dogs) == f"dataset 'dogs', skeleton {quadruped}"
+    # below the floor says so first
+    assert "min_metric" in training.decide(promote_params(), "5", 0.0, "4", None, why).reason
+
+
+def test_skeleton_fingerprint_ignores_looks_but_not_keypoints_or_flips():
+    base = load_skeleton(QUADRUPED)
+    text = QUADRUPED.read_text()
+    fp = training.skeleton_fingerprint
+    looks = text.replace('color: "#911eb4"', 'color: "#000000"').replace("{name: nose}", "{name: nose, sigma: 0.03}")
+    assert fp(parse(looks)) == fp(base)
+    assert fp(parse(text.replace("tail_base", "tail_root"))) != fp(base)
+    assert fp(parse(text.replace("      - [back_left_paw, back_right_paw]\n", ""))) != fp(base)
+
+
+def parse(text: str):
+    from poseops.skeleton import parse_skeleton
+
+    return parse_skeleton(text)
+
+
+def test_model_kind_comes_from_the_version_tags():
+    from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+
+    mv = ModelVersion("m", "3", 0, tags=[ModelVersionTag("dataset", "dogs"), ModelVersionTag("skeleton_fingerprint", "ab")])
+    assert training.model_kind(mv, Path("unused")) == training.ModelKind("dogs", "ab")
+    untagged = ModelVersion("m", "2", 0, tags=[ModelVersionTag("dataset", "dogs")])  # no run to read a spec from
+    assert training.model_kind(untagged, Path("unused")) == training.ModelKind("dogs", "unknown")

@@ -29,6 +29,7 @@ from conftest import SHARED_DATASETS
 from poseops import tracking, training
 from poseops.dvc import run_dvc
 from poseops.params import load_params
+from poseops.skeleton import load_skeleton
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "poseops-pose"
@@ -403,14 +404,46 @@ def test_interrupted_training_resumes_from_last_pt(resumed, env):
 
 
 @pytest.mark.integration
-def test_first_version_becomes_champion(pipeline, resumed, env):
+def test_first_version_becomes_champion_when_above_the_floor(pipeline, resumed, env):
     mlc = env.mlc
     if tracking.version_for_alias(mlc, MODEL, "champion") is not None:
         mlc.delete_registered_model_alias(MODEL, "champion")
-    p = training.promote(resumed.params, resumed.root, version=pipeline.version, mlc=mlc)
+    # "no champion yet" is not "anything goes": below promote.min_metric nothing is promoted
+    strict = resumed.params.replace(**{"promote.min_metric": 0.99})
+    p = training.promote(strict, resumed.root, version=pipeline.version, mlc=mlc)
+    assert not p.promoted and "< promote.min_metric 0.99: too poor to serve, no champion yet" in p.reason
+    assert tracking.version_for_alias(mlc, MODEL, "champion") is None
+    assert mlc.get_model_version(MODEL, pipeline.version).tags["promotion.min_metric"] == "0.99"
+    p = training.promote(resumed.params, resumed.root, version=resumed.version, mlc=mlc)
     assert p.promoted and p.champion_version is None and "no champion yet" in p.reason
-    assert champion(mlc) == pipeline.version
-    assert mlc.get_model_version(MODEL, pipeline.version).tags["promotion.champion_value"] == "none"
+    assert champion(mlc) == resumed.version
+    tags = mlc.get_model_version(MODEL, resumed.version).tags
+    assert tags["promotion.champion_value"] == "none"
+    assert tags["skeleton_fingerprint"] == tags["promotion.skeleton"] == training.skeleton_fingerprint(
+        load_skeleton(resumed.root / "label_config" / "skeletons" / "person.yaml"))
+
+
+@pytest.mark.integration
+def test_a_champion_of_another_dataset_never_competes(resumed, env):
+    """A far better version of another dataset holds the alias: the candidate is refused, naming both."""
+    mlc = env.mlc
+    mine = mlc.get_model_version(MODEL, resumed.version)
+    other = mlc.create_model_version(MODEL, source=mine.source, run_id=mine.run_id,
+                                     tags={**mine.tags, "dataset": "rodents", "metrics.pose_mAP50-95": "0.0001"})
+    try:
+        mlc.set_registered_model_alias(MODEL, "champion", str(other.version))
+        p = training.promote(resumed.params, resumed.root, version=resumed.version, mlc=mlc)
+        assert not p.promoted and p.champion_value is None
+        assert f"the champion (version {other.version}) was trained for dataset 'rodents'" in p.reason
+        assert "this version for dataset 'coco8-pose'" in p.reason and "never compete" in p.reason
+        assert champion(mlc) == str(other.version)
+        with pytest.raises(training.TrainingError, match="was trained for dataset 'coco8-pose'.* but this workspace "
+                                                         "evaluates dataset 'people'"):
+            training.promote(resumed.params.replace(**{"dataset.name": "people"}), resumed.root,
+                             version=resumed.version, mlc=mlc)
+    finally:
+        mlc.set_registered_model_alias(MODEL, "champion", resumed.version)
+        mlc.delete_model_version(MODEL, str(other.version))
 
 
 @pytest.mark.integration

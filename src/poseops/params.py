@@ -198,10 +198,12 @@ class ExportParams:
 
 @dataclass(frozen=True)
 class PromoteParams:
-    """Move the `alias` to a new version when `metric` ≥ the champion's + `min_improvement` (0: at least as good)."""
+    """Move the `alias` to a new version when `metric` ≥ `min_metric` and ≥ the champion's + `min_improvement`
+    (0: at least as good), the champion being of the same dataset and skeleton."""
 
     metric: str = _spec("pose_mAP50-95", choices=("pose_mAP50-95", "pose_mAP50", "fitness"))
     min_improvement: float = _spec(0.0, lo=-1.0, hi=1.0)
+    min_metric: float = _spec(0.01, lo=0.0, hi=2.0)  # the floor, even without a champion (fitness reaches 2)
     alias: str = _spec("champion", check=check_name)
     auto: bool = True  # the training flow promotes after a successful run
 

@@ -37,7 +37,7 @@ _EXPORTS = {
     "fit": ("TrainResult", "train"),
     "evaluation": ("Evaluation", "eval_key", "evaluate", "validate"),
     "register": ("export", "read_version"),
-    "promotion": ("Promotion", "better_enough", "promote"),
+    "promotion": ("ModelKind", "Promotion", "better_enough", "decide", "kind_mismatch", "model_kind", "promote"),
     "pipeline": ("PipelineOutputs", "dvc_repro", "is_dvc_repo", "pipeline_outputs", "run_stages"),
     "yolo": ("configure_ultralytics", "ultralytics_train_args"),
 }

@@ -1,5 +1,5 @@
-"""Promotion: move the `champion` alias to a version when it is at least as good (not a DVC stage:
-it changes the registry, not files)."""
+"""Promotion: move the `champion` alias to a version when it is good enough and at least as good as the
+champion of the same dataset and skeleton (not a DVC stage: it changes the registry, not files)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from poseops.params import Params
+from poseops.skeleton import load_skeleton
 from poseops.tracking.registry import download, resolve_model_uri, set_version_tags, version_for_alias
 from poseops.tracking.runs import set_tags
 from poseops.tracking.store import client
-from poseops.training.dataset import read_dataset_info
+from poseops.training.dataset import read_dataset_info, skeleton_fingerprint
 from poseops.training.evaluation import eval_key, validate
 from poseops.training.init_weights import find_weights
-from poseops.training.layout import Layout, resolved_data_yaml
+from poseops.training.layout import MODEL_ARTIFACTS, Layout, TrainingError, resolved_data_yaml
 from poseops.training.register import read_version
 
 
@@ -29,6 +30,18 @@ class Promotion:
     champion_version: str | None
     champion_value: float | None
     min_improvement: float
+    min_metric: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What a model was trained for: its dataset (by name) and its skeleton (`skeleton_fingerprint`)."""
+
+    dataset: str
+    skeleton: str  # "unknown" when neither a tag nor the version's skeleton.yaml says
+
+    def __str__(self) -> str:
+        return f"dataset {self.dataset!r}, skeleton {self.skeleton}"
 
 
 def better_enough(candidate: float, champion: float | None, min_improvement: float) -> bool:
@@ -51,18 +64,28 @@ def promote(params: Params, root: Path = Path("."), layout: Layout = Layout(), v
     version = version or read_version(lay).version
     candidate = resolve_model_uri(mlc, f"models:/{name}/{version}")
     champion = version_for_alias(mlc, name, alias)
-    key = eval_key(params, read_dataset_info(lay))
+    dataset = read_dataset_info(lay)
+    key = eval_key(params, dataset)
     with tempfile.TemporaryDirectory(prefix="poseops-promote-") as tmp:
+        here = ModelKind(params.dataset.name, dataset.skeleton.get("fingerprint")
+                         or skeleton_fingerprint(load_skeleton(root / params.skeleton)))
+        cand_kind = model_kind(candidate, Path(tmp))
+        if cand_kind != here:
+            raise TrainingError(f"version {candidate.version} of {name} was trained for {cand_kind}, but this "
+                                f"workspace evaluates {here}: promote it from a workspace of its dataset and skeleton")
+        champ_kind = model_kind(champion, Path(tmp)) if champion is not None else None
+        mismatch = kind_mismatch(cand_kind, champ_kind, alias, str(champion.version) if champion else "")
         figure = _Figure(params, lay, key, metric, Path(tmp))
         cand_value = figure(candidate)
-        champ_value = figure(champion) if champion is not None else None
-    result = _decide(params, str(candidate.version), cand_value,
-                     str(champion.version) if champion is not None else None, champ_value)
+        champ_value = figure(champion) if champion is not None and mismatch is None else None
+    result = decide(params, str(candidate.version), cand_value,
+                    str(champion.version) if champion is not None else None, champ_value, mismatch)
     tags = {
         "promotion.metric": metric, "promotion.candidate_value": f"{cand_value:.6f}",
         "promotion.champion_version": result.champion_version or "none",
         "promotion.champion_value": f"{champ_value:.6f}" if champ_value is not None else "none",
-        "promotion.min_improvement": params.promote.min_improvement, "promotion.eval_key": key,
+        "promotion.min_improvement": params.promote.min_improvement, "promotion.min_metric": params.promote.min_metric,
+        "promotion.eval_key": key, "promotion.skeleton": cand_kind.skeleton,
         "promotion.decision": "promoted" if result.promoted else "kept", "promotion.reason": result.reason,
         "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -74,20 +97,52 @@ def promote(params: Params, root: Path = Path("."), layout: Layout = Layout(), v
     return result
 
 
-def _decide(params: Params, candidate: str, cand_value: float, champion: str | None,
-            champ_value: float | None) -> Promotion:
-    """The decision and its reason in words."""
-    alias, metric, margin = params.promote.alias, params.promote.metric, params.promote.min_improvement
+def decide(params: Params, candidate: str, cand_value: float, champion: str | None, champ_value: float | None,
+           mismatch: str | None = None) -> Promotion:
+    """The decision and its reason in words.
+
+    Never below `promote.min_metric` (champion or not), never against a champion of another dataset or
+    skeleton (`mismatch`, from `kind_mismatch`), else the rule of `better_enough`.
+    """
+    p = params.promote
+    alias, metric, margin, floor = p.alias, p.metric, p.min_improvement, p.min_metric
+    promoted = False
     if champion is not None and champion == candidate:
-        promoted, reason = False, f"version {candidate} already is {alias}"
+        reason = f"version {candidate} already is {alias}"
+    elif cand_value < floor - 1e-9:
+        reason = (f"{metric} {cand_value:.4f} < promote.min_metric {floor}: too poor to serve, "
+                  f"{'no ' + alias + ' yet' if champion is None else alias + ' stays version ' + champion}")
+    elif mismatch is not None:
+        reason = mismatch
     else:
         promoted = better_enough(cand_value, champ_value, margin)
         if champ_value is None:
-            reason = f"no {alias} yet"
+            reason = f"no {alias} yet, {metric} {cand_value:.4f} ≥ promote.min_metric {floor}"
         else:
             rel = "≥" if promoted else "<"
             reason = f"{metric} {cand_value:.4f} {rel} {champ_value:.4f} + {margin}"
-    return Promotion(promoted, reason, metric, candidate, cand_value, champion, champ_value, margin)
+    return Promotion(promoted, reason, metric, candidate, cand_value, champion, champ_value, margin, floor)
+
+
+def kind_mismatch(candidate: ModelKind, champion: ModelKind | None, alias: str, champion_version: str) -> str | None:
+    """Why the candidate may not compete with the champion (another dataset or skeleton), or None."""
+    if champion is None or champion == candidate:
+        return None
+    return (f"the {alias} (version {champion_version}) was trained for {champion}, this version for {candidate}: "
+            "models of different datasets or skeletons never compete; give each dataset its own registered "
+            "model (mlflow.registered_model), or move the alias by hand")
+
+
+def model_kind(mv, tmp: Path) -> ModelKind:
+    """A version's dataset and skeleton from its tags; the skeleton from its skeleton.yaml when untagged."""
+    fingerprint = mv.tags.get("skeleton_fingerprint")
+    if not fingerprint and mv.run_id:
+        try:
+            spec = download(f"runs:/{mv.run_id}/{MODEL_ARTIFACTS}/skeleton.yaml", tmp / f"spec-v{mv.version}")
+            fingerprint = skeleton_fingerprint(load_skeleton(spec))
+        except Exception:  # noqa: BLE001 - not downloadable or not a spec: the skeleton is unknown
+            fingerprint = None
+    return ModelKind(mv.tags.get("dataset") or "unknown", fingerprint or "unknown")
 
 
 class _Figure:

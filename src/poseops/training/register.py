@@ -74,6 +74,7 @@ def _version_tags(mlc, params: Params, run_id: str, dataset: DatasetInfo, metric
         "run_id": run_id,
         "dataset": params.dataset.name,
         "dataset_dvc_hash": dataset.dvc_hash,
+        "skeleton_fingerprint": dataset.skeleton.get("fingerprint"),  # promotion compares only the same kind
         "git_commit": run_tags.get("git_commit"),
         "git_dirty": run_tags.get("git_dirty"),
         "parent_model_version": run_tags.get("poseops.parent_model_version"),

@@ -201,3 +201,32 @@ def test_a_wrong_token_gives_a_clear_error(label_studio):
 def test_unknown_dataset_says_how_to_create_it(label_studio):
     result = run_cli("dataset", "upload", "never-made", str(COCO8), env=settings_env(label_studio))
     assert result.returncode == 1 and "poseops dataset create never-made" in result.stderr
+
+
+def test_a_tiff_is_uploaded_as_the_png_a_browser_shows_and_a_video_is_pointed_to_frames(client, label_studio, tmp_path,
+                                                                                           name):
+    """The upload takes every image type the rest of poseops reads; a video gets a message saying what to do."""
+    import io
+
+    import numpy as np
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    source = sorted((COCO8 / "train").glob("*.jpg"))[0]
+    with Image.open(source) as im:
+        im.save(folder / "frame.tif")
+        expected = np.asarray(im.convert("RGB"))
+    (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # a video's header is enough to be named one
+    create_dataset(client, label_studio, name, PERSON_SPEC)
+    report = upload_images(client, label_studio, name, [folder])
+    (path, task_id), = report.uploaded
+    assert path.name == "frame.tif"
+    ((video, why),) = report.unreadable
+    assert video.name == "clip.mp4" and "a video, not an image" in why and "poseops dataset upload" in why
+    task = client.get_task(task_id)
+    served = client.download(task["data"]["image"])
+    assert served[:8] == b"\x89PNG\r\n\x1a\n" and task["data"]["source"] == "frame.tif"
+    with Image.open(io.BytesIO(served)) as png:
+        assert np.array_equal(np.asarray(png.convert("RGB")), expected)  # lossless: the same pixels
+    again = upload_images(client, label_studio, name, [folder / "frame.tif"])
+    assert again.uploaded == [] and [t for _, t in again.duplicates] == [task_id]  # the same content: one task

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from poseops.constants import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from poseops.errors import PoseopsError
-from poseops.imageio import open_image
+from poseops.imageio import displayed_rgb, open_image
 from poseops.label_config import label_config_xml
 from poseops.labelstudio import LabelStudioClient, LabelStudioError, Project
 from poseops.processes import file_lock
@@ -33,8 +34,11 @@ from poseops.safepaths import check_dataset_name
 from poseops.settings import Settings, secure_home
 from poseops.skeleton import Skeleton, load_skeleton
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# What Label Studio's editor (a browser) shows as it is; the other image types poseops reads (TIFF) are
+# uploaded as PNG, losslessly, turned as shown.
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
+VIDEO_HINT = ("a video, not an image: upload frames of it (for example `ffmpeg -i VIDEO -vf fps=2 frames/%05d.png`, "
+              "then `poseops dataset upload NAME frames/`)")
 TEMPLATE_VERSION = "template"
 IMPORT_BATCH = 50
 # EXIF orientations that turn the picture a quarter: width and height swap when shown.
@@ -133,15 +137,19 @@ class ImageFile:
 
 
 def collect_images(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files under the given files and folders (by suffix), and paths that could not be used."""
+    """Image files under the given files and folders (by suffix), and paths that could not be used (videos named)."""
     found: list[Path] = []
     problems: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            found += [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            problems += [(p, VIDEO_HINT) for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
         elif path.is_file():
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 found.append(path)
+            elif path.suffix.lower() in VIDEO_SUFFIXES:
+                problems.append((path, VIDEO_HINT))
             else:
                 problems.append((path, f"not an image file name (use {', '.join(sorted(IMAGE_SUFFIXES))})"))
         else:
@@ -150,22 +158,34 @@ def collect_images(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, 
 
 
 def read_image(path: Path) -> ImageFile:
-    """Read and check one image: it must decode completely. Raises ValueError saying why not."""
+    """Read and check one image: it must decode completely. Raises ValueError saying why not.
+
+    A type the browser does not show (TIFF) becomes the PNG of the picture as shown.
+    """
     content = path.read_bytes()
     if not content:
         raise ValueError("empty file")
+    content_type = CONTENT_TYPES.get(path.suffix.lower())
     try:
         with open_image(io.BytesIO(content)) as im:
             im.load()  # decodes every pixel: truncated files fail here
             width, height = displayed_size(im)
+            if content_type is None:
+                content, content_type = as_png(im), "image/png"
     except UnidentifiedImageError:
         raise ValueError("not an image: its content is in no format Pillow can decode") from None
     except Image.DecompressionBombError as e:
         raise ValueError(f"refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"a broken image ({e})") from None
-    return ImageFile(path, content, hashlib.sha256(content).hexdigest(), width, height,
-                     CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+    return ImageFile(path, content, hashlib.sha256(content).hexdigest(), width, height, content_type)
+
+
+def as_png(im: Image.Image) -> bytes:
+    """The picture as shown (EXIF orientation applied, 8-bit RGB), as PNG."""
+    out = io.BytesIO()
+    displayed_rgb(im).save(out, format="PNG")
+    return out.getvalue()
 
 
 def displayed_size(im: Image.Image) -> tuple[int, int]:
@@ -218,83 +238,112 @@ def upload_images(
     (converted from COCO or YOLO labels): its task gets them as an annotation.
     """
     record = load_record(settings, name)
-    skeleton = record.skeleton_spec()
-    project = project_of(client, name)
-    report = UploadReport(project)
-    files, report.unreadable = collect_images(paths)
+    upload = _Upload(client, record, record.skeleton_spec(), project_of(client, name), labels, on_progress)
+    files, upload.report.unreadable = collect_images(paths)
     if on_total:
         on_total(len(files))
-    seen = existing_hashes(client, project.id)
-    duplicates: list[tuple[Path, str]] = []
-    sizes: dict[str, tuple[int, int]] = {}  # of the duplicates, for repairing their tasks' pre-labels
-    pending: list[tuple[ImageFile, dict]] = []
-
-    def tick() -> None:
-        if on_progress:
-            on_progress(1)
-
-    def store(image: ImageFile) -> tuple[ImageFile, dict]:
-        url = client.upload_file(project.id, f"{image.sha256[:12]}{image.path.suffix.lower()}", image.content, image.content_type)
-        data = {"image": url, "sha256": image.sha256, "source": image.path.name}
-        task = {"data": data, "predictions": [template_prediction(skeleton, record, image.width, image.height)]}
-        if labels is not None and labels.get(image.path):
-            task["annotations"] = [{"result": labels[image.path]}]
-        return image, task
-
-    def flush() -> None:
-        if pending:
-            ids = client.import_tasks(project.id, [task for _, task in pending])
-            for (image, _), task_id in zip(pending, ids, strict=True):
-                report.uploaded.append((image.path, task_id))
-                seen[image.sha256] = task_id
-                if labels is not None and labels.get(image.path) == []:
-                    # "nothing to label here": Label Studio's import drops empty annotations, this API keeps them
-                    client.create_annotation(task_id, [])
-            pending.clear()
-
+    upload.seen = existing_hashes(client, upload.project.id)
     # Files first, all of them; then the tasks. Label Studio drops the inline annotations and predictions
     # of a task import that runs while file uploads to the same project are still going on.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = []
-        queued: set[str] = set()
-        for path in files:
-            try:
-                image = read_image(path)
-            except (ValueError, OSError) as e:
-                report.unreadable.append((path, str(e)))
-                tick()
-                continue
-            if image.sha256 in seen or image.sha256 in queued:
-                duplicates.append((path, image.sha256))
-                sizes[image.sha256] = (image.width, image.height)
-                tick()
-                continue
-            queued.add(image.sha256)
-            futures.append(pool.submit(store, image))
-        stored = [future.result() for future in futures]
-    with file_lock(secure_home(settings.home) / "locks" / f"upload-project-{project.id}.lock"):  # one import into a project at a time
-        seen.update(existing_hashes(client, project.id))  # what another upload created meanwhile
+    stored = upload.store_files(files, workers)
+    with file_lock(secure_home(settings.home) / "locks" / f"upload-project-{upload.project.id}.lock"):
+        upload.seen.update(existing_hashes(client, upload.project.id))  # what another upload created meanwhile
+        upload.import_tasks(stored)
+    return upload.finish()
+
+
+@dataclass
+class _Upload:
+    """One upload into one project: the files stored, then their tasks imported in batches."""
+
+    client: LabelStudioClient
+    record: DatasetRecord
+    skeleton: Skeleton
+    project: Project
+    labels: Mapping[Path, list[dict]] | None
+    on_progress: Callable[[int], None] | None
+    report: UploadReport = field(init=False)
+    seen: dict[str, int] = field(default_factory=dict)  # content hash → task id
+    duplicates: list[tuple[Path, str]] = field(default_factory=list)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # of the duplicates: to repair their pre-labels
+
+    def __post_init__(self) -> None:
+        self.report = UploadReport(self.project)
+
+    def tick(self) -> None:
+        if self.on_progress:
+            self.on_progress(1)
+
+    def duplicate(self, image: ImageFile) -> None:
+        self.duplicates.append((image.path, image.sha256))
+        self.sizes[image.sha256] = (image.width, image.height)
+        self.tick()
+
+    def store_files(self, files: list[Path], workers: int) -> list[tuple[ImageFile, dict]]:
+        """Each new image's file in Label Studio, and the task that will point at it."""
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures, queued = [], set()
+            for path in files:
+                try:
+                    image = read_image(path)
+                except (ValueError, OSError) as e:
+                    self.report.unreadable.append((path, str(e)))
+                    self.tick()
+                    continue
+                if image.sha256 in self.seen or image.sha256 in queued:
+                    self.duplicate(image)
+                    continue
+                queued.add(image.sha256)
+                futures.append(pool.submit(self.store, image))
+            return [future.result() for future in futures]
+
+    def store(self, image: ImageFile) -> tuple[ImageFile, dict]:
+        suffix = ".png" if image.content_type == "image/png" else image.path.suffix.lower()
+        url = self.client.upload_file(self.project.id, f"{image.sha256[:12]}{suffix}", image.content, image.content_type)
+        data = {"image": url, "sha256": image.sha256, "source": image.path.name}
+        task = {"data": data, "predictions": [template_prediction(self.skeleton, self.record, image.width, image.height)]}
+        if self.labels is not None and self.labels.get(image.path):
+            task["annotations"] = [{"result": self.labels[image.path]}]
+        return image, task
+
+    def import_tasks(self, stored: list[tuple[ImageFile, dict]]) -> None:
+        pending: list[tuple[ImageFile, dict]] = []
         for image, task in stored:
-            tick()
-            if image.sha256 in seen:
-                duplicates.append((image.path, image.sha256))
-                sizes[image.sha256] = (image.width, image.height)
+            self.tick()
+            if image.sha256 in self.seen:
+                self.duplicate(image)
                 continue
             pending.append((image, task))
             if len(pending) >= IMPORT_BATCH:
-                flush()
-        flush()
-    report.duplicates = [(path, seen[sha]) for path, sha in duplicates]
-    if labels is not None:  # labels for images already there: annotate the tasks nobody annotated yet
-        for path, task_id in report.duplicates:
-            if path in labels and not client.get_task(task_id).get("annotations"):
-                client.create_annotation(task_id, labels[path])
-                report.annotated.append((path, task_id))
-    if sizes:
-        report.repaired = repair_template_prelabels(client, project.id, skeleton, record, sizes)
-    if report.uploaded:
-        show_predictions_of(client, project.id, TEMPLATE_VERSION, only_if_unset=True)
-    return report
+                self.flush(pending)
+        self.flush(pending)
+
+    def flush(self, pending: list[tuple[ImageFile, dict]]) -> None:
+        if not pending:
+            return
+        ids = self.client.import_tasks(self.project.id, [task for _, task in pending])
+        for (image, _), task_id in zip(pending, ids, strict=True):
+            self.report.uploaded.append((image.path, task_id))
+            self.seen[image.sha256] = task_id
+            if self.labels is not None and self.labels.get(image.path) == []:
+                # "nothing to label here": Label Studio's import drops empty annotations, this API keeps them
+                self.client.create_annotation(task_id, [])
+        pending.clear()
+
+    def finish(self) -> UploadReport:
+        report = self.report
+        report.duplicates = [(path, self.seen[sha]) for path, sha in self.duplicates]
+        if self.labels is not None:  # labels for images already there: annotate the tasks nobody annotated yet
+            for path, task_id in report.duplicates:
+                if path in self.labels and not self.client.get_task(task_id).get("annotations"):
+                    self.client.create_annotation(task_id, self.labels[path])
+                    report.annotated.append((path, task_id))
+        if self.sizes:
+            report.repaired = repair_template_prelabels(self.client, self.project.id, self.skeleton, self.record,
+                                                        self.sizes)
+        if report.uploaded:
+            show_predictions_of(self.client, self.project.id, TEMPLATE_VERSION, only_if_unset=True)
+        return report
 
 
 def repair_template_prelabels(client: LabelStudioClient, project_id: int, skeleton: Skeleton, record: DatasetRecord,

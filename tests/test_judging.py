@@ -166,3 +166,43 @@ def test_model_kind_comes_from_the_version_tags():
     assert training.model_kind(mv, Path("unused")) == training.ModelKind("dogs", "ab")
     untagged = ModelVersion("m", "2", 0, tags=[ModelVersionTag("dataset", "dogs")])  # no run to read a spec from
     assert training.model_kind(untagged, Path("unused")) == training.ModelKind("dogs", "unknown")
+
+
+# --- a training that learned nothing says so, and is not promoted ----------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_training_with_all_pose_metrics_zero_says_so_and_is_not_promoted(tmp_path, monkeypatch, capfd):
+    """1 epoch from scratch on a new skeleton (the quadruped): pose metrics 0, said loudly, never the champion."""
+    import httpx
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from poseops import tracking
+    from poseops.flows import train as flows_train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("POSEOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "home" / "ultralytics"))
+    monkeypatch.setenv("YOLO_OFFLINE", "true")
+    root = quadruped_project(tmp_path / "project")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(model="yolo11n-pose.yaml", epochs=1, batch=2, imgsz=64, workers=0, plots=False)
+    params["mlflow"]["registered_model"] = "dogs-pose"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with prefect_test_harness():
+        out = flows_train.train_flow(root=str(root), use_dvc=False, promote=True)
+        artifact = httpx.get(f"{PREFECT_API_URL.value()}/artifacts/{flows_train.REPORT_KEY}/latest").json()
+        APILogHandler().flush()
+        logs = httpx.post(f"{PREFECT_API_URL.value()}/logs/filter", json={"logs": {"level": {"ge_": 30}}}).json()
+    assert any(log["message"].startswith("every pose metric is 0") for log in logs), logs  # in the flow's log
+    assert all(v == 0 for k, v in out["metrics"].items() if k.startswith("pose_"))
+    run = tracking.client().get_run(out["run_id"])
+    assert run.data.tags["poseops.pose_metrics_zero"] == "true"
+    assert run.data.tags["poseops.warning"].startswith("every pose metric is 0")
+    assert "WARNING: every pose metric is 0" in capfd.readouterr().err
+    assert "**Warning:** every pose metric is 0" in artifact["data"]
+    promotion = out["promotion"]
+    assert promotion["promoted"] is False and "< promote.min_metric 0.01: too poor to serve, no champion yet" in promotion["reason"]
+    assert tracking.version_for_alias(tracking.client(), "dogs-pose", "champion") is None

@@ -67,6 +67,8 @@ def train_flow(root: str = ".", overrides: list[str] | None = None, use_dvc: boo
                               resumed["last"], resumed["epochs_done"], resumed["run_id"])
     use_dvc = training.is_dvc_repo(Path(root)) if use_dvc is None else use_dvc
     outputs = run_pipeline(root, overrides, use_dvc)
+    if warning := training.zero_pose_warning(outputs["metrics"]):
+        get_run_logger().warning(warning)
     do_promote = params.promote.auto if promote is None else promote
     promotion = promote_version(root, outputs["version"], overrides) if do_promote else None
     markdown = report(outputs, promotion)

@@ -22,6 +22,8 @@ from poseops.tracking.store import store_problem
 # Metric.fitness = [P, R, mAP50, mAP50-95] · [0, 0, 0, 1]; so fitness = box mAP50-95 + pose mAP50-95.
 FITNESS_WEIGHTS = {"box_mAP50-95": 1.0, "pose_mAP50-95": 1.0}
 SUMMARY_METRICS = ("fitness", "pose_mAP50", "pose_mAP50-95", "box_mAP50", "box_mAP50-95")
+ZERO_POSE_TAG = "poseops.pose_metrics_zero"  # "true" on a run whose pose metrics are all 0
+WARNING_TAG = "poseops.warning"  # what the run's user should know (the warning the stage printed)
 _ULTRALYTICS_METRIC = re.compile(r"^metrics/(?P<name>[\w.-]+)\((?P<kind>[BP])\)$")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from poseops.tracking.metrics import SUMMARY_METRICS
+from poseops.tracking.metrics import SUMMARY_METRICS, WARNING_TAG, ZERO_POSE_TAG
 from poseops.tracking.store import run_url
 
 
@@ -22,6 +22,8 @@ def report_markdown(mlc, run_id: str, metrics: Mapping[str, float], version: str
     lines += ["| metric (val split) | value |", "| --- | --- |"]
     lines += [f"| {k} | {metrics[k]:.4f} |" for k in (*SUMMARY_METRICS, *sorted(set(metrics) - set(SUMMARY_METRICS)))
               if k in metrics]
+    if run.data.tags.get(ZERO_POSE_TAG) == "true":
+        lines += ["", f"**Warning:** {run.data.tags.get(WARNING_TAG, 'every pose metric is 0')}."]
     if version:
         lines += ["", f"Registered as `models:/{model_name}/{version}`."]
     if promotion:

@@ -35,7 +35,7 @@ _EXPORTS = {
     "init_weights": ("InitWeights", "find_weights", "resolve_init_weights"),
     "resume": ("Resumable", "checkpoint_epochs", "interrupted_training", "settle_dead_run"),
     "fit": ("TrainResult", "train"),
-    "evaluation": ("Evaluation", "eval_key", "evaluate", "validate"),
+    "evaluation": ("Evaluation", "eval_key", "evaluate", "validate", "zero_pose_warning"),
     "register": ("export", "read_version"),
     "promotion": ("ModelKind", "Promotion", "better_enough", "decide", "kind_mismatch", "model_kind", "promote"),
     "pipeline": ("PipelineOutputs", "dvc_repro", "is_dvc_repo", "pipeline_outputs", "run_stages"),

@@ -5,17 +5,29 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from poseops.params import Params
-from poseops.tracking.metrics import metric_name
+from poseops.tracking.metrics import WARNING_TAG, ZERO_POSE_TAG, metric_name
 from poseops.tracking.runs import log_artifacts, log_metrics, set_tags
 from poseops.tracking.store import client
 from poseops.training.dataset import DatasetInfo, read_dataset_info
 from poseops.training.layout import Layout, finished_run_id, resolved_data_yaml
 from poseops.training.yolo import configure_ultralytics
+
+
+def zero_pose_warning(metrics: dict[str, float]) -> str | None:
+    """The warning for a model whose pose metrics (precision, recall, mAP) are all 0, else None."""
+    pose = [v for k, v in metrics.items() if k.startswith("pose_")]
+    if not pose or any(v > 0 for v in pose):
+        return None
+    return ("every pose metric is 0: the model places no keypoint within the OKS tolerance on the val split, and "
+            "it is not promoted (promote.min_metric). On a skeleton other than COCO's 17 person keypoints the "
+            "keypoint head starts from scratch: train for more epochs (tens, not a few), e.g. with "
+            "train.optimizer=AdamW, and check the labels and the spec's sigmas (docs/training.md)")
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,9 @@ def evaluate(params: Params, root: Path = Path("."), layout: Layout = Layout(), 
     mlc.update_run(run_id, status="RUNNING")
     log_metrics(mlc, run_id, {f"eval/{k}": v for k, v in metrics.items()})
     set_tags(mlc, run_id, {"poseops.eval_key": result.eval_key, "poseops.eval_split": result.split})
+    if warning := zero_pose_warning(metrics):
+        set_tags(mlc, run_id, {ZERO_POSE_TAG: "true", WARNING_TAG: warning})
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     log_artifacts(mlc, run_id, [lay.metrics], artifact_path="eval")
     log_artifacts(mlc, run_id, sorted(p for p in lay.evaluate.glob("*") if p.suffix in {".png", ".jpg"}),
                   artifact_path="plots/evaluate")

@@ -99,6 +99,24 @@ def test_spec_sigmas_reach_ultralytics_loss_and_validator(tmp_path):
     shutil.rmtree(tmp_path / "runs")
 
 
+def test_prepare_warns_of_left_right_keypoints_no_flip_pair_mirrors(tmp_path, capsys):
+    root = quadruped_project(tmp_path)
+    spec = root / "specs" / "quadruped.yaml"
+    doc = yaml.safe_load(spec.read_text())
+    for cls in doc["classes"]:
+        cls["flip_pairs"] = cls["flip_pairs"][:3]  # back paws left unpaired
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    data = root / "data" / "dogs" / "data.yaml"
+    data.write_text(yaml.safe_dump({**yaml.safe_load(data.read_text()), "flip_idx": load_skeleton(spec).flip_idx}))
+    training.prepare(load_params(root / "params.yaml"), root)
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("keypoints named left/right are in no flip pair (dog: back_left_paw, back_right_paw; cat: back_left_paw, "
+            "back_right_paw) while train.augment.fliplr is 0.5") in err
+    training.prepare(load_params(root / "params.yaml", {"train.augment.fliplr": 0.0}), root)
+    assert "flip pair" not in capsys.readouterr().err
+    assert training.flip_warning(load_skeleton(QUADRUPED), 0.5) is None  # every sided keypoint is paired
+
+
 # --- promotion: a floor, and only against the same dataset and skeleton -----------------------------------
 
 

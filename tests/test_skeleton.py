@@ -197,3 +197,36 @@ def test_later_class_may_only_repeat_the_first_class_sigmas():
     with pytest.raises(SkeletonError, match=r"keypoint 'q' of class 'b' has sigma 0.03 but the keypoint at its "
                                             r"position in 'a' has 0.072"):
         parse_skeleton("classes:\n  - name: a\n    keypoints: [p, q]\n  - name: b\n    keypoints: [p, {name: q, sigma: 0.03}]\n")
+
+
+@pytest.mark.parametrize(("name", "sided"), [
+    ("left_eye", True), ("r_paw", True), ("paw_R", True), ("LeftHand", True), ("front_left_paw", True),
+    ("Right Ear", True), ("hand.l", True), ("elbow-r", True),
+    ("nose", False), ("rightmost", False), ("lr", False), ("withers", False), ("tail_root", False), ("leftover", False),
+])
+def test_names_that_say_left_or_right(name, sided):
+    from poseops.skeleton import looks_sided
+
+    assert looks_sided(name) is sided
+
+
+def test_check_skeleton_warns_of_left_right_names_without_flip_pairs_when_training_flips(tmp_path):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("classes:\n  - name: a\n    keypoints: [nose, left_eye, right_eye, tail]\n")
+
+    def check(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "poseops.cli", "check-skeleton", str(spec), *args],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    done = check()  # no params.yaml here: the default fliplr (0.5)
+    assert done.returncode == 0 and "kpt_oks_sigmas: [0.072, 0.072, 0.072, 0.072]" in done.stdout
+    assert "keypoints named left/right are in no flip pair (a: left_eye, right_eye)" in " ".join(done.stderr.split())
+    (tmp_path / "params.yaml").write_text("train:\n  augment:\n    fliplr: 0.0\n")
+    assert "warning" not in check().stderr  # no flips in training: nothing to warn about
+    spec.write_text(spec.read_text() + "    flip_pairs: [[left_eye, right_eye]]\n")
+    assert "warning" not in check("--params", str(tmp_path / "missing.yaml")).stderr
+    done = check("--params", str(ROOT / "params.yaml"))
+    assert done.returncode == 0 and "warning" not in done.stderr

@@ -56,14 +56,23 @@ def label_config(
 
 @app.command("check-skeleton")
 @user_errors
-def check_skeleton(spec: Annotated[Path, typer.Argument(help="Skeleton spec YAML")]) -> None:
+def check_skeleton(
+    spec: Annotated[Path, typer.Argument(help="Skeleton spec YAML")],
+    params: Annotated[Path, typer.Option(help="params.yaml whose train.augment.fliplr the flip pairs are checked against (defaults when absent)")] = Path("params.yaml"),
+) -> None:
     """Validate a skeleton spec and summarize it."""
+    from poseops.params import load_params
+    from poseops.training.dataset import flip_warning
+
     skeleton = load_skeleton(spec)
     for cls in skeleton.classes:
         console.print(f"[bold]{cls.name}[/] {cls.color}: {len(cls.keypoints)} keypoints, "
                       f"{len(cls.connections)} connections, {len(cls.flip_pairs)} flip pairs, box: {cls.box}"
                       + (f" (padding {cls.box_padding:g})" if cls.box_derivable else ""))
     console.print(f"kpt_shape: [{skeleton.keypoint_count}, 3]  flip_idx: {skeleton.flip_idx}")
+    console.print(f"kpt_oks_sigmas: {[round(s, 4) for s in skeleton.oks_sigmas]}")
+    if warning := flip_warning(skeleton, load_params(params, missing_ok=True).train.augment.fliplr):
+        err_console.print(f"[yellow]warning: {escape(warning)}[/]")
 
 
 # --- Label Studio server --------------------------------------------------------------

@@ -74,6 +74,13 @@ COCO_SIGMAS = {
 # typical body joint, rather than Ultralytics' 1/K, which loosens OKS as keypoints are fewer.
 DEFAULT_SIGMA = 0.072
 MAX_SIGMA = 1.0
+_WORDS = re.compile(r"[_\-. ]+|(?<=[a-z])(?=[A-Z])")  # snake, kebab, dotted, spaced and camelCase names
+
+
+def looks_sided(name: str) -> bool:
+    """Whether a keypoint name says left or right: a word `left`/`right` anywhere, or `l`/`r` first or last."""
+    words = [w.lower() for w in _WORDS.split(name) if w]
+    return any(w in ("left", "right") for w in words) or bool(words) and (words[0] in ("l", "r") or words[-1] in ("l", "r"))
 
 
 class SkeletonError(PoseopsError, ValueError):
@@ -118,6 +125,12 @@ class SkeletonClass:
     @property
     def keypoint_names(self) -> list[str]:
         return [k.name for k in self.keypoints]
+
+    @property
+    def unpaired_sided(self) -> list[str]:
+        """The keypoints whose name says left or right but that are in no flip pair (mirrored, they stay put)."""
+        paired = {n for pair in self.flip_pairs for n in pair}
+        return [n for n in self.keypoint_names if looks_sided(n) and n not in paired]
 
     @property
     def oks_sigmas(self) -> list[float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ def prepare(params: Params, root: Path = Path("."), layout: Layout = Layout()) -
                             "images/{train,val} and labels/{train,val}), or set dataset.dir in params.yaml")
     skeleton_path = root / params.skeleton
     skeleton = load_skeleton(skeleton_path)
+    if warning := flip_warning(skeleton, params.train.augment.fliplr):
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     data = yaml.safe_load(source_yaml.read_text(encoding="utf-8")) or {}
     kpt_shape = _check_data_yaml(data, skeleton, source_yaml)
 
@@ -111,6 +114,17 @@ def prepare(params: Params, root: Path = Path("."), layout: Layout = Layout()) -
     )
     (out / DATASET_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n", encoding="utf-8")
     return info
+
+
+def flip_warning(skeleton: Skeleton, fliplr: float) -> str | None:
+    """The warning for keypoints named left/right that no flip pair mirrors while training flips images, else None."""
+    unpaired = {c.name: c.unpaired_sided for c in skeleton.classes if c.unpaired_sided}
+    if fliplr <= 0 or not unpaired:
+        return None
+    listed = "; ".join(f"{cls}: {', '.join(names)}" for cls, names in unpaired.items())
+    return (f"{skeleton.source}: keypoints named left/right are in no flip pair ({listed}) while "
+            f"train.augment.fliplr is {fliplr:g}: a mirrored image keeps their labels, so the model learns left "
+            "as right. List them under flip_pairs in the spec, or set train.augment.fliplr: 0")
 
 
 def skeleton_fingerprint(skeleton: Skeleton) -> str:

@@ -174,7 +174,8 @@ def test_sigterm_ends_the_run_as_killed_at_once(store, tmp_path):
 @pytest.mark.integration
 def test_store_locked_while_logging_keeps_the_trained_weights(store, tmp_path):
     """Locked from epoch 1 until after the training: it trains on, keeps its weights, and a rerun only logs them."""
-    mlc, root = store.mlc, project(tmp_path / "logging", epochs=2)
+    # four epochs: the store is locked once epoch 1 is logged, and epochs 2-4 must still be logged after it
+    mlc, root = store.mlc, project(tmp_path / "logging", epochs=4)
     proc = start_training(root, store.env)
     lock = None
     try:
@@ -193,14 +194,14 @@ def test_store_locked_while_logging_keeps_the_trained_weights(store, tmp_path):
     assert "run the same command again: it logs this training without training again" in log
     weights = root / "runs" / "train" / "weights" / "best.pt"
     trained = (weights.stat().st_mtime_ns, results_rows(root))
-    assert [int(r.split(",")[0]) for r in trained[1]] == [1, 2]
+    assert [int(r.split(",")[0]) for r in trained[1]] == [1, 2, 3, 4]
 
     again = run_training(root, store.env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (weights.stat().st_mtime_ns, results_rows(root)) == trained  # logged, not trained again
     run = mlc.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert [m.step for m in mlc.get_metric_history(run_id, "fitness")] == [1, 2]
+    assert [m.step for m in mlc.get_metric_history(run_id, "fitness")] == [1, 2, 3, 4]
     assert "weights/best.pt" in {a.path for a in mlc.list_artifacts(run_id, "weights")}
     assert len(versions_of(mlc, run_id)) == 1 and champion(mlc) == store.champion
 

@@ -43,7 +43,8 @@ def test_deployments_appear_with_schedules_and_a_triggered_run_completes(workspa
     server = prefect_server(settings)
     server.up(timeout=240)
     api = f"{settings.prefect_url}/api"
-    env = {**os.environ, "PREFECT_API_URL": api, "PYTHONPATH": str(ROOT)}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "PREFECT_API_URL": api,
+           "PYTHONPATH": str(ROOT)}
     served = subprocess.Popen([sys.executable, "-c", "from poseops.flows.serve import serve_all; serve_all()"], cwd=workspace,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -54,8 +55,8 @@ def test_deployments_appear_with_schedules_and_a_triggered_run_completes(workspa
         assert deployments["pull-labels"]["crons"] == [] and deployments["train"]["crons"] == []
         assert deployments["pull-labels"]["parameters"]["dataset"] == name
 
-        run = httpx.post(f"{api}/deployments/{deployments['pull-labels']['id']}/create_flow_run", json={}).json()
-        state = wait_for(lambda: httpx.get(f"{api}/flow_runs/{run['id']}").json()["state"]["type"],
+        run = api_json("post", f"{api}/deployments/{deployments['pull-labels']['id']}/create_flow_run", json={})
+        state = wait_for(lambda: api_json("get", f"{api}/flow_runs/{run['id']}")["state"]["type"],
                          lambda s: s in ("COMPLETED", "FAILED", "CRASHED"), 300, served)
         assert state == "COMPLETED"
         assert (workspace / "data" / name / "data.yaml").is_file()
@@ -80,6 +81,17 @@ def deployments_with_schedules(api: str) -> dict:
     found = httpx.post(f"{api}/deployments/filter", json={}).json()
     return {d["name"]: {"id": d["id"], "parameters": d.get("parameters") or {},
                         "crons": [s["schedule"].get("cron") for s in d.get("schedules") or []]} for d in found}
+
+
+def api_json(method: str, url: str, **kwargs) -> dict:
+    """One Prefect API call, tried again on a 5xx (its SQLite database may be busy) as Prefect's own client does."""
+    for attempt in range(5):
+        r = httpx.request(method, url, timeout=30, **kwargs)
+        if r.status_code < 500:
+            break
+        time.sleep(2 ** attempt)
+    assert r.is_success, f"{method.upper()} {url}: {r.status_code} {r.text[:2000]}"
+    return r.json()
 
 
 def wait_for(get, done, timeout: float, process: subprocess.Popen):

@@ -41,9 +41,11 @@ def connect_prefect(settings: Settings) -> bool:
     Prefect's own state (the temporary server's database when none runs) stays under
     `<home>/prefect`. Returns whether flow runs will show in a running server's UI.
     """
-    os.environ.setdefault("PREFECT_HOME", str((settings.home / "prefect").resolve()))
     if os.environ.get("PREFECT_API_URL"):
         return True
+    if "prefect" in sys.modules:  # too late to point it anywhere (a test calling the CLI in its own process)
+        return False
+    os.environ.setdefault("PREFECT_HOME", str((settings.home / "prefect").resolve()))
     if prefect_server(settings).answers():
         os.environ["PREFECT_API_URL"] = f"{settings.prefect_url}/api"
         return True

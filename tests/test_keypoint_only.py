@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, SHARED_DATASETS
+from test_pull import run_pull, tree_digest
 
 from poseops.autolabel import prediction_of
 from poseops.conversion.unplaced import unplaced_keypoints
@@ -252,20 +253,6 @@ def test_poseops_convert_refuses_and_writes_nothing(tmp_path):
 # --- against the real Label Studio ------------------------------------------------------------------------
 
 
-def run_pull(name: str, **kwargs) -> dict:
-    from poseops.flows.pull_labels import pull_labels
-
-    return pull_labels(dataset=name, **kwargs)
-
-
-def tree_digest(root: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.mark.integration

@@ -185,6 +185,8 @@ class EvaluateParams:
     batch: int = _spec(16, lo=1)
     conf: float = _fraction(0.001)
     iou: float = _fraction(0.7)
+    match_conf: float = _fraction(0.25)  # per-keypoint PCK, RMSE, visibility, per-image OKS: detections at least this sure
+    gallery_images: int = _spec(12, lo=0, hi=200)  # the error gallery: this many worst val images (lowest OKS)
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,10 @@ class PromoteParams:
     min_metric: float = _spec(0.01, lo=0.0, hi=2.0)  # the floor, even without a champion (fitness reaches 2)
     alias: str = _spec("champion", check=check_name)
     auto: bool = True  # the training flow promotes after a successful run
+    # A challenger whose PCK@0.1 on any keypoint is more than `max_keypoint_drop` below the champion's
+    # (same val split) is refused (`refuse`), promoted with a warning (`flag`), or not checked (`off`).
+    keypoint_guard: str = _spec("refuse", choices=("refuse", "flag", "off"))
+    max_keypoint_drop: float = _fraction(0.05)
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,7 @@ def build_dataset(
 def convert_into_place(name: str, skeleton: Skeleton, options: PullOptions, snapshot: Snapshot, ready: Readiness,
                        images: dict[int, Path]) -> DatasetManifest:
     """Convert the labeled tasks into `data/.<name>.tmp`, then swap it into `data/<name>`; its manifest."""
+    from poseops.conversion.coco_export import write_coco_export
     from poseops.convert import convert_export, split_for
 
     split = {task_id: split_for(image_sha256(path), options.val_fraction) for task_id, path in images.items()}
@@ -273,6 +274,7 @@ def convert_into_place(name: str, skeleton: Skeleton, options: PullOptions, snap
             raise NotReady(f"after leaving out {len(report.skipped_tasks)} task(s) the converter could not use, "
                            f"{report.images['train']} training and {report.images['val']} validation images are "
                            f"left; both need images: fix those tasks ({conversion_summary(report.skipped_tasks)})")
+        write_coco_export(skeleton, tmp)  # the same labels as COCO keypoints JSON, versioned beside them
         relocate_data_yaml(tmp / "data.yaml", target)
         manifest = DatasetManifest(name, snapshot.project_id, len(ready.labeled), report)
         (tmp / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")

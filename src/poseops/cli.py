@@ -393,9 +393,11 @@ def demo_down() -> None:
 
 
 def _register_commands() -> None:
+    from poseops.cli_import import register as register_import
     from poseops.cli_serve import register as register_serve
     from poseops.cli_train import register as register_train
 
+    register_import(app)
     register_serve(app)
     register_train(app)
 

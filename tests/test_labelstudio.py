@@ -222,7 +222,7 @@ def test_a_tiff_is_uploaded_as_the_png_a_browser_shows_and_a_video_is_pointed_to
     (path, task_id), = report.uploaded
     assert path.name == "frame.tif"
     ((video, why),) = report.unreadable
-    assert video.name == "clip.mp4" and "a video, not an image" in why and "poseops dataset upload" in why
+    assert video.name == "clip.mp4" and "a video, not an image" in why and "poseops dataset add-video" in why
     task = client.get_task(task_id)
     served = client.download(task["data"]["image"])
     assert served[:8] == b"\x89PNG\r\n\x1a\n" and task["data"]["source"] == "frame.tif"

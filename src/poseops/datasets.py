@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -37,8 +38,8 @@ from poseops.skeleton import Skeleton, load_skeleton
 # What Label Studio's editor (a browser) shows as it is; the other image types poseops reads (TIFF) are
 # uploaded as PNG, losslessly, turned as shown.
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
-VIDEO_HINT = ("a video, not an image: upload frames of it (for example `ffmpeg -i VIDEO -vf fps=2 frames/%05d.png`, "
-              "then `poseops dataset upload NAME frames/`)")
+VIDEO_HINT = ("a video, not an image: ingest diverse frames of it with `poseops dataset add-video NAME VIDEO --frames 20` "
+              "(each frame a task that names its video, frame and time)")
 TEMPLATE_VERSION = "template"
 IMPORT_BATCH = 50
 # EXIF orientations that turn the picture a quarter: width and height swap when shown.
@@ -134,6 +135,7 @@ class ImageFile:
     width: int
     height: int
     content_type: str
+    data: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)  # more task data (a video frame's)
 
 
 def collect_images(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -237,11 +239,24 @@ def upload_images(
     `labels` maps an image path to Label Studio result regions that already exist for it
     (converted from COCO or YOLO labels): its task gets them as an annotation.
     """
-    record = load_record(settings, name)
-    upload = _Upload(client, record, record.skeleton_spec(), project_of(client, name), labels, on_progress)
-    files, upload.report.unreadable = collect_images(paths)
+    files, unreadable = collect_images(paths)
     if on_total:
         on_total(len(files))
+    return _upload_all(client, settings, name, files, workers, on_progress, labels, unreadable)
+
+
+def upload_image_files(client: LabelStudioClient, settings: Settings, name: str, images: Iterable[ImageFile],
+                       workers: int = 4, on_progress: Callable[[int], None] | None = None) -> UploadReport:
+    """Upload images already read and checked (a video's frames) the same way; each one's `data` joins its task's."""
+    return _upload_all(client, settings, name, list(images), workers, on_progress, None, [])
+
+
+def _upload_all(client: LabelStudioClient, settings: Settings, name: str, files: list[Path | ImageFile], workers: int,
+                on_progress: Callable[[int], None] | None, labels: Mapping[Path, list[dict]] | None,
+                unreadable: list[tuple[Path, str]]) -> UploadReport:
+    record = load_record(settings, name)
+    upload = _Upload(client, record, record.skeleton_spec(), project_of(client, name), labels, on_progress)
+    upload.report.unreadable = unreadable
     upload.seen = existing_hashes(client, upload.project.id)
     # Files first, all of them; then the tasks. Label Studio drops the inline annotations and predictions
     # of a task import that runs while file uploads to the same project are still going on.
@@ -279,13 +294,13 @@ class _Upload:
         self.sizes[image.sha256] = (image.width, image.height)
         self.tick()
 
-    def store_files(self, files: list[Path], workers: int) -> list[tuple[ImageFile, dict]]:
+    def store_files(self, files: list[Path | ImageFile], workers: int) -> list[tuple[ImageFile, dict]]:
         """Each new image's file in Label Studio, and the task that will point at it."""
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures, queued = [], set()
             for path in files:
                 try:
-                    image = read_image(path)
+                    image = path if isinstance(path, ImageFile) else read_image(path)
                 except (ValueError, OSError) as e:
                     self.report.unreadable.append((path, str(e)))
                     self.tick()
@@ -300,7 +315,7 @@ class _Upload:
     def store(self, image: ImageFile) -> tuple[ImageFile, dict]:
         suffix = ".png" if image.content_type == "image/png" else image.path.suffix.lower()
         url = self.client.upload_file(self.project.id, f"{image.sha256[:12]}{suffix}", image.content, image.content_type)
-        data = {"image": url, "sha256": image.sha256, "source": image.path.name}
+        data = {"image": url, "sha256": image.sha256, "source": image.path.name, **image.data}
         task = {"data": data, "predictions": [template_prediction(self.skeleton, self.record, image.width, image.height)]}
         if self.labels is not None and self.labels.get(image.path):
             task["annotations"] = [{"result": self.labels[image.path]}]
@@ -428,4 +443,5 @@ def dataset_summary(client: LabelStudioClient, name: str) -> dict:
     return {"name": name, "project_id": project.id, "url": project.url, "tasks": total, "labeled": labeled}
 
 
-__all__ = ["DatasetError", "LabelStudioError", "create_dataset", "upload_images", "set_template", "read_image"]
+__all__ = ["DatasetError", "LabelStudioError", "create_dataset", "upload_images", "upload_image_files", "set_template",
+           "read_image"]

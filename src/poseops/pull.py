@@ -252,14 +252,20 @@ def convert_into_place(name: str, skeleton: Skeleton, options: PullOptions, snap
                        images: dict[int, Path]) -> DatasetManifest:
     """Convert the labeled tasks into `data/.<name>.tmp`, then swap it into `data/<name>`; its manifest."""
     from poseops.conversion.coco_export import write_coco_export
-    from poseops.convert import convert_export, split_for
+    from poseops.conversion.dataset import task_split, video_count
+    from poseops.convert import convert_export
 
-    split = {task_id: split_for(image_sha256(path), options.val_fraction) for task_id, path in images.items()}
+    by_id = {task["id"]: task for task in ready.labeled}
+    split = {task_id: task_split(by_id.get(task_id), image_sha256(path), options.val_fraction)
+             for task_id, path in images.items()}
     n_val = sum(1 for s in split.values() if s == "val")
     if n_val == 0 or n_val == len(split):
+        videos = video_count(by_id.get(task_id) for task_id in split)
         raise NotReady(
             f"the split of {len(split)} images gives {n_val} for validation and {len(split) - n_val} for training "
             f"(pull.val_fraction = {options.val_fraction}); both need images: label more images or change val_fraction"
+            + (f". The frames of one video stay in one split and these come from {videos} video(s): label frames of "
+               "more videos (`poseops dataset add-video`)" if videos else "")
         )
     target = options.data_root / name
     tmp = scratch_dir(options.data_root, name, ".tmp")  # this run's own: nothing else is removed

@@ -50,6 +50,36 @@ def split_for(content_sha256: str, val_fraction: float) -> Split:
     return "val" if int(content_sha256[:16], 16) < val_fraction * 2**64 else "train"
 
 
+def split_key(task: Any, content_sha256: str) -> str:
+    """What a task's split is drawn from: its video when it is a video's frame, else its image's content.
+
+    A frame names its video in its data (`video_sha256`, the video file's content hash, as
+    `poseops dataset add-video` writes it; or only a `video` name): every frame of one video then
+    lands in the same split, so near-identical neighbouring frames never straddle train and val.
+    """
+    data = task.get("data") if isinstance(task, dict) and isinstance(task.get("data"), dict) else {}
+    video_sha = data.get("video_sha256")
+    if isinstance(video_sha, str) and _HEX.fullmatch(video_sha):
+        return video_sha.lower()
+    video = data.get("video")
+    if isinstance(video, str) and video.strip():
+        return hashlib.sha256(f"video:{video.strip()}".encode()).hexdigest()
+    return content_sha256
+
+
+def task_split(task: Any, content_sha256: str, val_fraction: float) -> Split:
+    """'val' or 'train' for a task: by its video (all of a video's frames together), else by its image's content.
+
+    Stable: a task keeps its split when others are added (frames of the same video included).
+    """
+    return split_for(split_key(task, content_sha256), val_fraction)
+
+
+def video_count(tasks: Iterable[Any]) -> int:
+    """How many videos the tasks' frames come from (tasks without a video not counted)."""
+    return len({split_key(t, "") for t in tasks} - {""})
+
+
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -91,8 +121,9 @@ def convert_export(
     """Write a YOLO-pose dataset from Label Studio tasks.
 
     `image_paths` maps task id → the local image file (never a name taken from the task).
-    `split` maps task id → 'train'/'val'; tasks it does not name go by `split_for(content
-    hash, val_fraction)`. Images are hard-linked (`link=True`, copied where links fail)
+    `split` maps task id → 'train'/'val'; tasks it does not name go by `task_split` (their
+    video's hash when they are a video's frames, else their image's content hash).
+    Images are hard-linked (`link=True`, copied where links fail)
     as `images/<split>/<sha256[:16]><suffix>`, labels as `labels/<split>/<same>.txt`.
     A task with a dropped box is left out whole: an image with an unlabeled object would
     teach the model that the object is background.
@@ -174,7 +205,7 @@ class DatasetWriter:
         src, suffix, digest = image
         name = digest[:NAME_HEX]
         self.seen_names[name] = tid
-        part = self.split.get(tid) or split_for(digest, self.val_fraction)
+        part = self.split.get(tid) or task_split(task, digest, self.val_fraction)
         image_rel = f"images/{part}/{name}{suffix}"
         _place_image(src, os.path.join(self.out, image_rel), self.link)
         lines = [format_label_line(self.v.class_index[p.class_name], p) for p in poses]

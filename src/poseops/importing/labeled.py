@@ -51,7 +51,7 @@ class LabeledSet:
     """Labeled images in the source's own names (see the module doc)."""
 
     format: str
-    schema: dict[str, tuple[str, ...]]  # source class -> its keypoint names in the source's order
+    schema: dict[str, tuple[str | None, ...]]  # source class -> its keypoint names in order (None: unnamed)
     images: list[LabeledImage] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     has_boxes: bool = True  # False: the source labels points only (DeepLabCut); boxes come from the points

@@ -102,7 +102,7 @@ def _by_position(source: str, count: int, target: SkeletonClass, skeleton: Skele
 
 
 def _by_name(source: str, names: tuple, target: SkeletonClass, skeleton: Skeleton, renames: Renames) -> tuple[int | None, ...]:
-    mapped = [renames.get(n, n) if n in renames else n for n in names]
+    mapped = [renames.get(n, n) for n in names]
     kept = [n for n in mapped if n is not None]
     wanted = target.keypoint_names
     twice = sorted({n for n in kept if kept.count(n) > 1})
@@ -153,6 +153,10 @@ def _mapped_poses(image: LabeledImage, plans: dict[str, ClassMapping], has_boxes
         for kp, index in zip(pose.keypoints, mapping.indices, strict=True):
             if index is not None:
                 keypoints[index] = kp
+        if not has_boxes and not any(v > 0 for _, _, v in keypoints):
+            skipped.append(Skip(image.file_name, "points_left_out", f"object {n}: every labeled point of it is left out "
+                                "by --map"))
+            continue
         box = pose.box
         if cls.box == "derived" or (cls.box_derivable and not has_boxes):
             points = [(x, y) for x, y, v in keypoints if v > 0]

@@ -174,7 +174,7 @@ def read_yolo_set(path: str | Path) -> LabeledSet:
     shape = _kpt_shape(doc, yaml_path)
     names = _names(doc, yaml_path)
     kpt_names = _kpt_names(doc, names, shape[0], yaml_path)
-    labeled = LabeledSet(FORMAT, {name: kpt_names.get(i, ()) for i, name in enumerate(names)})
+    labeled = LabeledSet(FORMAT, {name: kpt_names.get(i, (None,) * shape[0]) for i, name in enumerate(names)})
     root = _root(doc, yaml_path)
     images: list[Path] = []
     for split in SPLITS:

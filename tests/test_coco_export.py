@@ -190,3 +190,50 @@ def test_poseops_convert_writes_the_coco_files_too(tmp_path):
     assert sum(len(d["annotations"]) for d in docs) == sum(len(i.poses) for i in images)
     for doc, split in zip(docs, ("train", "val"), strict=True):
         assert all((out / "images" / split / im["file_name"]).is_file() for im in doc["images"])
+
+
+# --- through Label Studio and the pull -------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_coco_import_pull_and_export_give_the_original_keypoints_back(prefect_api, workspace, label_studio):
+    """COCO's own labels → `poseops dataset import` → `poseops pull` → the version's COCO file: the same keypoints."""
+    import uuid
+
+    from test_pull import run_pull
+
+    from poseops.datasets import create_dataset
+    from poseops.importing.upload import import_labels
+    from poseops.labelstudio import LabelStudioClient
+
+    original = json.loads(COCO_JSON.read_text())
+    name = f"coco-{uuid.uuid4().hex[:6]}"
+    with LabelStudioClient(label_studio) as client:
+        project, _ = create_dataset(client, label_studio, name, PERSON_SPEC)
+        report = import_labels(client, label_studio, name, "coco", COCO_JSON)
+        sources = {t["id"]: t["data"]["source"] for t in client.iter_tasks(project.id, fields="task_only")}
+    assert report.instances == 86
+    run_pull(name)
+    dataset = workspace / "data" / name
+    task_images = json.loads((dataset / "manifest.json").read_text())["conversion"]["task_images"]
+    in_dataset = {path.rsplit("/", 1)[1]: sources[int(tid)] for tid, path in task_images.items()}
+    exported = {}  # original file name → (image entry, its annotations)
+    for split in ("train", "val"):
+        doc = json.loads(coco_file(dataset, split).read_text())
+        for image in doc["images"]:
+            exported[in_dataset[image["file_name"]]] = (image, [a for a in doc["annotations"] if a["image_id"] == image["id"]])
+    assert len(exported) == len(original["images"])
+    compared = 0
+    for image in original["images"]:
+        entry, anns = exported[image["file_name"]]
+        assert (entry["width"], entry["height"]) == (image["width"], image["height"])
+        wanted = [a for a in original["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"]
+                  and a["num_keypoints"]]
+        assert len(anns) == len(wanted), image["file_name"]
+        for got, want in zip(anns, wanted, strict=True):
+            g, w = np.array(got["keypoints"], float).reshape(-1, 3), np.array(want["keypoints"], float).reshape(-1, 3)
+            assert (g[:, 2] == w[:, 2]).all() and got["num_keypoints"] == want["num_keypoints"]
+            scale = np.array([image["width"], image["height"]])
+            assert np.abs((g[:, :2] - w[:, :2]) / scale).max() <= TOL
+            compared += 1
+    assert compared == 86

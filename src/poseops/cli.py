@@ -303,8 +303,9 @@ def pull(
     summary = pull_labels(dataset=name, params_file=str(params), allow_unlabeled=allow_unlabeled or None, version=version)
     for warning in summary["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    kept = " (no change since the last pull: kept, nothing rebuilt)" if summary.get("unchanged") else ""
     console.print(f"dataset {name!r} → {summary['dataset_dir']}: {summary['train_images']} train / "
-                  f"{summary['val_images']} val images, DVC version {summary.get('dvc_md5')}")
+                  f"{summary['val_images']} val images, DVC version {summary.get('dvc_md5')}{kept}")
 
 
 # --- autolabel ------------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,7 +44,7 @@ from poseops.pull_results import (  # noqa: F401 - the pull's errors and results
 from poseops.safepaths import check_dataset_name, inside_project, open_lock_file, scratch_dir, swap_into_place
 from poseops.settings import Settings
 from poseops.skeleton import Skeleton
-from poseops.versioning import dvc, ensure_dvc, repo_root, version_dataset  # noqa: F401
+from poseops.versioning import dvc, dvc_md5, ensure_dvc, repo_root, version_dataset  # noqa: F401
 
 _DEFAULTS = PullParams()
 
@@ -228,8 +230,16 @@ def build_dataset(
     """Split, convert into a temporary directory, swap it into `data/<name>`, version it with DVC.
 
     Call inside `dataset_lock`. Nothing under `data/<name>` changes unless the new dataset is complete.
+    When the labeled tasks and their images are those the last version was made of, nothing is rebuilt:
+    the result is that version (`unchanged`).
     """
     target = options.data_root / name
+    digest = inputs_sha256(name, skeleton, options, snapshot, ready, images)
+    kept = unchanged_version(target, options, digest)
+    if kept is not None:
+        kept.warnings[:0] = ready.warnings
+        say(f"no change since the last pull: DVC version {kept.dvc_md5} kept, nothing rebuilt")
+        return kept
     manifest = convert_into_place(name, skeleton, options, snapshot, ready, images)
     result = PullResult(target, manifest, pull_record(name, label_studio_url, snapshot, ready),
                         warnings=[*ready.warnings, *conversion_warnings(manifest.conversion, target)])
@@ -237,7 +247,7 @@ def build_dataset(
     if options.version:
         message = f"pull {name}: Label Studio snapshot {snapshot.export_id}, {len(ready.labeled)} labeled images"
         result.dvc_md5, result.pushed, result.git_commit = version_dataset(
-            target, settings, message, result.pull_record, options.commit)
+            target, settings, message, dataclasses.replace(result.pull_record, inputs_sha256=digest), options.commit)
         say(f"DVC version {result.dvc_md5}, pushed")
     else:
         write_pull_record(record_path, result.pull_record)
@@ -291,6 +301,67 @@ def convert_into_place(name: str, skeleton: Skeleton, options: PullOptions, snap
     final = target.resolve()
     report = dataclasses.replace(report, out_dir=str(final), data_yaml=str(final / "data.yaml"))
     return dataclasses.replace(manifest, conversion=report)
+
+
+# --- nothing changed ---------------------------------------------------------------------------------
+
+
+def inputs_sha256(name: str, skeleton: Skeleton, options: PullOptions, snapshot: Snapshot, ready: Readiness,
+                  images: dict[int, Path]) -> str:
+    """What a dataset version is made of, hashed: every labeled task's id, the regions of the annotation it
+    contributes and its image's content hash, plus the skeleton spec, the split, the place and poseops' version.
+
+    Two pulls with the same digest build the same dataset.
+    """
+    from poseops import __version__
+    from poseops.convert import choose_annotation
+
+    h = hashlib.sha256(json.dumps({
+        "poseops": __version__, "dataset": name, "project": snapshot.project_id,
+        "dir": (options.data_root / name).as_posix(), "val_fraction": options.val_fraction,
+        "skeleton": repr(dataclasses.replace(skeleton, source="")),
+    }, sort_keys=True).encode())
+    for task in sorted(ready.labeled, key=lambda t: json.dumps(t["id"])):
+        annotation, _ = choose_annotation(task)
+        path = images.get(task["id"])
+        h.update(json.dumps([task["id"], image_sha256(path) if path else None, (annotation or {}).get("result")],
+                            sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+def unchanged_version(target: Path, options: PullOptions, digest: str) -> PullResult | None:
+    """The version the last pull left in `target` when it was made of these very inputs (`digest`) and is whole:
+    recorded with DVC and pushed, its folder in place, its .dvc file and record committed (when pulls commit).
+    None: build it.
+    """
+    import yaml
+
+    if not options.version:
+        return None
+    record_path = pull_record_path(target)
+    try:
+        record = PullRecord.from_record(json.loads(record_path.read_text()), str(record_path))
+        if record.inputs_sha256 != digest or record.dvc_md5 is None:
+            return None
+        if dvc_md5(target.with_name(f"{target.name}.dvc")) != record.dvc_md5:
+            return None
+        manifest = DatasetManifest.from_dict(json.loads((target / "manifest.json").read_text()), target)
+    except (OSError, ValueError, LookupError, TypeError, yaml.YAMLError):  # missing, broken or not ours: build
+        return None
+    images = sum(1 for split in ("train", "val") for p in (target / "images" / split).glob("*") if p.is_file())
+    if images != manifest.train_images + manifest.val_images:
+        return None
+    git_commit = None
+    if options.commit:
+        files = [f"{target.name}.dvc", record_path.name]
+        status = subprocess.run(["git", "status", "--porcelain", "--", *files], cwd=target.parent,
+                                capture_output=True, text=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=target.parent, capture_output=True, text=True)
+        if status.returncode or status.stdout.strip() or head.returncode:
+            return None
+        git_commit = head.stdout.strip()
+    return PullResult(target, manifest, record, warnings=conversion_warnings(manifest.conversion, target),
+                      dvc_md5=record.dvc_md5, pushed=True, git_commit=git_commit, unchanged=True)
 
 
 def conversion_warnings(report: ConversionReport, target: Path) -> list[str]:

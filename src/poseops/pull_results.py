@@ -47,12 +47,15 @@ class PullRecord:
     unlabeled_task_ids: list[int]
     skipped_task_ids: list[int]  # every annotation cancelled (skipped) by the annotator
     dvc_md5: str | None = None  # the DVC hash of the version, once recorded with DVC
+    # what the version was made of (`poseops.pull.inputs_sha256`), once it was recorded with DVC and pushed
+    inputs_sha256: str | None = None
 
     def to_record(self) -> dict[str, Any]:
-        """The JSON data of `<name>.pull.json`: these keys in this order, `dvc_md5` last and only once set."""
+        """The JSON data of `<name>.pull.json`: these keys in this order, then `dvc_md5` and `inputs_sha256` once set."""
         record = {name: getattr(self, name) for name in _RECORD_FIELDS}
-        if self.dvc_md5 is not None:
-            record["dvc_md5"] = self.dvc_md5
+        for name in ("dvc_md5", "inputs_sha256"):
+            if getattr(self, name) is not None:
+                record[name] = getattr(self, name)
         return record
 
     @classmethod
@@ -63,7 +66,8 @@ class PullRecord:
         missing = [name for name in _RECORD_FIELDS if name not in data]
         if missing:
             raise ValueError(f"{where}: not a pull record (no {', '.join(missing)}); delete it and pull again")
-        return cls(**{name: data[name] for name in _RECORD_FIELDS}, dvc_md5=data.get("dvc_md5"))
+        return cls(**{name: data[name] for name in _RECORD_FIELDS}, dvc_md5=data.get("dvc_md5"),
+                   inputs_sha256=data.get("inputs_sha256"))
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,13 @@ class DatasetManifest:
     @property
     def val_images(self) -> int:
         return self.conversion.images["val"]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], dataset_dir: Path) -> DatasetManifest:
+        """The manifest read back from `manifest.json` in `dataset_dir`."""
+        final = dataset_dir.resolve()
+        conversion = ConversionReport.from_dict(data["conversion"], str(final), str(final / "data.yaml"))
+        return cls(data["dataset"], data["label_studio_project_id"], data["labeled_tasks"], conversion)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON data of `manifest.json` (no machine-specific paths)."""
@@ -123,6 +134,7 @@ class PullResult:
     dvc_md5: str | None = None
     pushed: bool = False
     git_commit: str | None = None
+    unchanged: bool = False  # the labels and images were those of the last version: nothing was rebuilt
 
     @property
     def record(self) -> dict[str, Any]:

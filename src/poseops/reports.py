@@ -46,6 +46,7 @@ class PullSummary:
     pushed: bool
     git_commit: str | None
     downloaded_images: int
+    unchanged: bool = False  # the labels and images of the last version: nothing rebuilt, no new version
     record: dict[str, Any] = field(default_factory=dict)  # the pull record as written beside the dataset
     manifest: dict[str, Any] = field(default_factory=dict)  # the dataset's manifest.json
 
@@ -59,7 +60,8 @@ class PullSummary:
             val_images=manifest.val_images, keypoints_per_label=dict(manifest.conversion.keypoints),
             problems=[f"task {p.task_id}: {p.message}" for p in manifest.conversion.problems],
             warnings=list(result.warnings), dvc_md5=result.dvc_md5, pushed=result.pushed,
-            git_commit=result.git_commit, downloaded_images=downloaded_images, record=result.record,
+            git_commit=result.git_commit, downloaded_images=downloaded_images, unchanged=result.unchanged,
+            record=result.record,
             manifest=result.manifest)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,7 +71,8 @@ class PullSummary:
 
 
 def pull_markdown(s: PullSummary) -> str:
-    lines = ["## Pulled labels", "", *_table([
+    kept = ["**No change since the last pull**: this version was kept, nothing rebuilt.", ""] if s.unchanged else []
+    lines = ["## Pulled labels", "", *kept, *_table([
         ("dataset", s.dataset),
         ("DVC version (md5)", s.dvc_md5),
         ("Label Studio project", f"{s.label_studio_url}/projects/{s.label_studio_project_id}"),

@@ -5,6 +5,7 @@ of its .dvc file and pull record. DVC and git are run as the user would run them
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def dvc_md5(dvc_file: Path) -> str:
     return outs[0]["md5"]
 
 
+def _recorded_inputs(record_path: Path) -> str | None:
+    try:
+        return json.loads(record_path.read_text()).get("inputs_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def version_dataset(
     dataset_dir: Path, settings: Settings, message: str, record: PullRecord, commit: bool = True
 ) -> tuple[str, bool, str | None]:
@@ -79,13 +87,15 @@ def version_dataset(
     dvc(["add", "-q", str(rel)], root, f"dvc add {rel}")
     md5 = dvc_md5(dvc_file)
     record_path = pull_record_path(dataset_dir)
-    if md5 != before or not record_path.is_file():
-        write_pull_record(record_path, dataclasses.replace(record, dvc_md5=md5))
     push_failure = None
     try:
         dvc(["push", str(dvc_file.relative_to(root))], root, "dvc push")  # not -q: that hides its error
     except PullError as e:
         push_failure = str(e)  # the version is in the local DVC cache: committed below, pushed later
+    # the inputs' digest only once pushed: a later pull of the same labels skips the rebuild, so it must not skip the push
+    inputs = record.inputs_sha256 if push_failure is None else None
+    if md5 != before or not record_path.is_file() or _recorded_inputs(record_path) != inputs:
+        write_pull_record(record_path, dataclasses.replace(record, dvc_md5=md5, inputs_sha256=inputs))
     git_commit = None
     if commit:
         paths = [str(dvc_file.relative_to(root)), str(record_path.resolve().relative_to(root)),

@@ -81,3 +81,22 @@ class ConversionReport:
             "task_images": {str(k): v for k, v in self.task_images.items()},
             "warnings": list(self.warnings),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], out_dir: str = "", data_yaml: str = "") -> ConversionReport:
+        """A report read back from `to_dict()`'s data (e.g. a dataset's manifest.json); task ids come back as text."""
+        return cls(
+            out_dir=data.get("out_dir", out_dir),
+            data_yaml=data.get("data_yaml", data_yaml),
+            tasks=data["tasks"],
+            annotations_used=data["annotations_used"],
+            images=dict(data["images"]),
+            empty_images=data["empty_images"],
+            objects=Counter(data["objects_per_class"]),
+            keypoints=dict(data["keypoints_per_label"]),
+            occluded_keypoints=data["occluded_keypoints"],
+            problems=[Problem(**p) for p in data["problems"]],
+            skipped_tasks=[Problem(**p) for p in data["skipped_tasks"]],
+            task_images=dict(data["task_images"]),
+            warnings=list(data["warnings"]),
+        )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.utilities.annotations import quote
 
 from poseops import pull as steps
 from poseops.datasets import load_record, project_of
@@ -64,14 +65,15 @@ def pull_labels(dataset: str = "demo-people", params_file: str = "params.yaml", 
     options = steps.pull_options(params.pull, allow_unlabeled=allow_unlabeled, version=version, commit=commit)
     with steps.dataset_lock(options.data_root, dataset):
         try:
+            # quote(): Prefect passes these as they are instead of walking every task's JSON (seconds on a big export)
             snapshot = export_labels(dataset)
-            ready = check_ready(snapshot, options, dataset)
-            images, downloaded = fetch_images(ready.labeled, options.workers)
+            ready = check_ready(quote(snapshot), options, dataset)
+            images, downloaded = fetch_images(quote(ready.labeled), options.workers)
         except LabelStudioError as e:
             tried = "" if isinstance(e, LabelStudioRefused) else f" (tried {ATTEMPTS} times)"
             raise type(e)(f"{e}\nThe pull of {dataset!r} stopped{tried}; {options.data_root / dataset} is unchanged. "
                           "Pull again once that is fixed: the images already downloaded stay cached.") from None
-        result = build_dataset(dataset, options, snapshot, ready, images)
+        result = build_dataset(dataset, options, quote(snapshot), quote(ready), quote(images))
     summary = PullSummary.of(result, downloaded)
     create_markdown_artifact(key=artifact_key("pull", dataset), markdown=pull_markdown(summary),
                              description=f"pull of {dataset}")

@@ -43,10 +43,17 @@ def promote_version(root: str, version: str, overrides: list[str]) -> dict[str, 
 
 
 @task(name="report")
-def report(outputs: dict[str, Any], promotion: dict[str, Any] | None) -> str:
-    markdown = tracking.report_markdown(tracking.client(), outputs["run_id"], outputs["metrics"],
+def report(outputs: dict[str, Any], promotion: dict[str, Any] | None, root: str = ".") -> str:
+    mlc = tracking.client()
+    markdown = tracking.report_markdown(mlc, outputs["run_id"], outputs["metrics"],
                                         outputs["version"], outputs["model"], promotion)
-    create_markdown_artifact(markdown=markdown, key=REPORT_KEY, description="Training run, metrics and promotion")
+    markdown += training.promotion_markdown(promotion) if promotion else ""  # per keypoint vs the champion
+    gallery = training.read_gallery(training.Layout().under(Path(root)).evaluate / "gallery")
+    if gallery:
+        page = f"{tracking.run_url(mlc, outputs['run_id'])}/artifacts/eval/gallery/gallery.html"
+        markdown += "\n" + training.gallery_markdown(gallery, page)
+    create_markdown_artifact(markdown=markdown, key=REPORT_KEY,
+                             description="Training run, metrics, promotion, per-keypoint comparison, error gallery")
     return markdown
 
 
@@ -71,6 +78,6 @@ def train_flow(root: str = ".", overrides: list[str] | None = None, use_dvc: boo
         get_run_logger().warning(warning)
     do_promote = params.promote.auto if promote is None else promote
     promotion = promote_version(root, outputs["version"], overrides) if do_promote else None
-    markdown = report(outputs, promotion)
+    markdown = report(outputs, promotion, root)
     return {**outputs, "promotion": promotion, "report": markdown, "resumed": resumed,
             "run_url": tracking.run_url(tracking.client(), outputs["run_id"])}

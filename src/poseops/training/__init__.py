@@ -6,7 +6,12 @@
     init_weights  what a new training starts from (a file, a run, a registered model)
     resume        whether an interrupted training can go on from its last.pt; closing dead runs
     fit           train with Ultralytics, logging params, lineage and per-epoch metrics to an MLflow run
-    evaluation    validate best.pt on the val split, write metrics.json, log it to the run
+    evaluation    validate best.pt on the val split, write metrics.json, the per-keypoint metrics, the per-image
+                  OKS and the error gallery, log them to the run
+    keypoint_metrics  per keypoint OKS AP, PCK, RMSE, visibility accuracy; per-image OKS (numpy, no model)
+    val_capture   one Ultralytics validation pass that keeps every image's labels and predictions
+    gallery       the error gallery: the worst val images, label beside prediction, linked to Label Studio
+    keypoint_guard  promotion's per-keypoint comparison with the champion, and the per-image differences
     register      the export stage: export ONNX, log the model files and register them as a model version
     promotion     move the `champion` alias to a version when it is at least as good (not a DVC stage:
                   it changes the registry, not files)
@@ -36,7 +41,12 @@ _EXPORTS = {
     "init_weights": ("InitWeights", "find_weights", "resolve_init_weights"),
     "resume": ("Resumable", "checkpoint_epochs", "interrupted_training", "settle_dead_run"),
     "fit": ("TrainResult", "train"),
-    "evaluation": ("Evaluation", "eval_key", "evaluate", "validate", "zero_pose_warning"),
+    "evaluation": ("Evaluation", "eval_key", "evaluate", "score_keypoints", "validate", "validate_poses",
+                   "zero_pose_warning"),
+    "keypoint_metrics": ("ImagePoses", "ImageScore", "KeypointReport", "KeypointScore", "evaluate_keypoints"),
+    "gallery": ("GalleryEntry", "gallery_markdown", "read_gallery", "task_links", "write_gallery"),
+    "keypoint_guard": ("ImageDiff", "KeypointComparison", "compare_keypoints", "image_differences",
+                       "promotion_markdown"),
     "register": ("export", "read_version"),
     "promotion": ("ModelKind", "Promotion", "better_enough", "decide", "kind_mismatch", "model_kind", "promote"),
     "pipeline": ("PipelineOutputs", "dvc_repro", "is_dvc_repo", "pipeline_outputs", "run_stages"),

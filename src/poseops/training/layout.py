@@ -32,6 +32,8 @@ class Layout:
     evaluate: Path = Path("runs/evaluate")
     metrics: Path = Path("reports/metrics.json")
     model: Path = Path("models")
+    keypoints: Path = Path("reports/keypoints.json")  # per-keypoint metrics (evaluate)
+    images_oks: Path = Path("reports/images_oks.csv")  # per-image OKS (evaluate)
 
     def under(self, root: Path) -> Layout:
         return Layout(**{k: root / v for k, v in asdict(self).items()})

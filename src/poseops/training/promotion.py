@@ -1,11 +1,13 @@
-"""Promotion: move the `champion` alias to a version when it is good enough and at least as good as the
-champion of the same dataset and skeleton (not a DVC stage: it changes the registry, not files)."""
+"""Promotion: move the `champion` alias to a version when it is good enough, at least as good as the
+champion of the same dataset and skeleton, and no keypoint fell behind the champion's (the keypoint guard)
+(not a DVC stage: it changes the registry, not files)."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from poseops.params import Params
@@ -14,8 +16,17 @@ from poseops.tracking.registry import download, resolve_model_uri, set_version_t
 from poseops.tracking.runs import set_tags
 from poseops.tracking.store import client
 from poseops.training.dataset import read_dataset_info, skeleton_fingerprint
-from poseops.training.evaluation import eval_key, validate
+from poseops.training.evaluation import KEYPOINT_REPORT, eval_key, score_keypoints, validate_poses
+from poseops.training.gallery import task_links
 from poseops.training.init_weights import find_weights
+from poseops.training.keypoint_guard import (
+    ImageDiff,
+    KeypointComparison,
+    compare_keypoints,
+    image_differences,
+    promotion_markdown,
+)
+from poseops.training.keypoint_metrics import KeypointReport
 from poseops.training.layout import MODEL_ARTIFACTS, Layout, TrainingError, resolved_data_yaml
 from poseops.training.register import read_version
 
@@ -31,6 +42,10 @@ class Promotion:
     champion_value: float | None
     min_improvement: float
     min_metric: float = 0.0
+    keypoint_guard: str = "off"  # promote.keypoint_guard: refuse | flag | off
+    flagged: str | None = None  # promoted although the keypoint guard objected (keypoint_guard: flag)
+    keypoints: KeypointComparison | None = None  # per keypoint, champion vs candidate (same val split)
+    image_diffs: tuple[ImageDiff, ...] = ()  # the val images whose OKS differs most between the two
 
 
 @dataclass(frozen=True)
@@ -76,10 +91,18 @@ def promote(params: Params, root: Path = Path("."), layout: Layout = Layout(), v
         champ_kind = model_kind(champion, Path(tmp)) if champion is not None else None
         mismatch = kind_mismatch(cand_kind, champ_kind, alias, str(champion.version) if champion else "")
         figure = _Figure(params, lay, key, metric, Path(tmp))
-        cand_value = figure(candidate)
-        champ_value = figure(champion) if champion is not None and mismatch is None else None
+        compared = champion is not None and mismatch is None and str(champion.version) != str(candidate.version)
+        cand_value, cand_report = figure(candidate, report=compared)
+        champ_value, champ_report = figure(champion, report=compared) if compared else (None, None)
+        if champion is not None and mismatch is None and not compared:
+            champ_value = cand_value  # the candidate already is the champion
+    comparison = compare_keypoints(cand_report, champ_report, params.promote.max_keypoint_drop) \
+        if cand_report and champ_report else None
     result = decide(params, str(candidate.version), cand_value,
-                    str(champion.version) if champion is not None else None, champ_value, mismatch)
+                    str(champion.version) if champion is not None else None, champ_value, mismatch, comparison)
+    if comparison is not None:
+        diffs = image_differences(cand_report, champ_report, task_links(dataset), params.evaluate.gallery_images)
+        result = replace(result, keypoints=comparison, image_diffs=tuple(diffs))
     tags = {
         "promotion.metric": metric, "promotion.candidate_value": f"{cand_value:.6f}",
         "promotion.champion_version": result.champion_version or "none",
@@ -88,25 +111,33 @@ def promote(params: Params, root: Path = Path("."), layout: Layout = Layout(), v
         "promotion.eval_key": key, "promotion.skeleton": cand_kind.skeleton,
         "promotion.decision": "promoted" if result.promoted else "kept", "promotion.reason": result.reason,
         "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "promotion.keypoint_guard": result.keypoint_guard,
+        "promotion.keypoint_regressions": ",".join(comparison.regressed) or "none" if comparison else None,
+        "promotion.flagged": result.flagged,
     }
-    set_version_tags(mlc, name, str(candidate.version), tags)
+    set_version_tags(mlc, name, str(candidate.version), {k: v for k, v in tags.items() if v is not None})
     if candidate.run_id:
         set_tags(mlc, candidate.run_id, tags)
+        if comparison is not None:  # the per-keypoint comparison and the images that differ most, in the run
+            mlc.log_dict(candidate.run_id, asdict(result), "promotion/promotion.json")
+            mlc.log_text(candidate.run_id, promotion_markdown(asdict(result)), "promotion/comparison.md")
     if result.promoted:
         mlc.set_registered_model_alias(name, alias, str(candidate.version))
     return result
 
 
 def decide(params: Params, candidate: str, cand_value: float, champion: str | None, champ_value: float | None,
-           mismatch: str | None = None) -> Promotion:
+           mismatch: str | None = None, keypoints: KeypointComparison | None = None) -> Promotion:
     """The decision and its reason in words.
 
     Never below `promote.min_metric` (champion or not), never against a champion of another dataset or
-    skeleton (`mismatch`, from `kind_mismatch`), else the rule of `better_enough`.
+    skeleton (`mismatch`, from `kind_mismatch`), else the rule of `better_enough`, and then the keypoint
+    guard: a keypoint whose PCK fell more than `promote.max_keypoint_drop` below the champion's
+    (`keypoints`) refuses the candidate (`promote.keypoint_guard: refuse`) or flags it (`flag`).
     """
     p = params.promote
     alias, metric, margin, floor = p.alias, p.metric, p.min_improvement, p.min_metric
-    promoted = False
+    promoted, flagged = False, None
     if champion is not None and champion == candidate:
         reason = f"version {candidate} already is {alias}"
     elif cand_value < floor - 1e-9:
@@ -121,7 +152,15 @@ def decide(params: Params, candidate: str, cand_value: float, champion: str | No
         else:
             rel = "≥" if promoted else "<"
             reason = f"{metric} {cand_value:.4f} {rel} {champ_value:.4f} + {margin}"
-    return Promotion(promoted, reason, metric, candidate, cand_value, champion, champ_value, margin, floor)
+            why = keypoints.reason() if keypoints is not None and p.keypoint_guard != "off" else None
+            if why and promoted and p.keypoint_guard == "refuse":
+                promoted, reason = False, f"{reason}, but {why}: refused (promote.keypoint_guard: refuse)"
+            elif why and promoted:
+                flagged, reason = why, f"{reason}; flagged (promote.keypoint_guard: flag): {why}"
+            elif why:
+                reason = f"{reason}; also {why}"
+    return Promotion(promoted, reason, metric, candidate, cand_value, champion, champ_value, margin, floor,
+                     p.keypoint_guard, flagged)
 
 
 def kind_mismatch(candidate: ModelKind, champion: ModelKind | None, alias: str, champion_version: str) -> str | None:
@@ -146,15 +185,30 @@ def model_kind(mv, tmp: Path) -> ModelKind:
 
 
 class _Figure:
-    """A version's promotion metric on the current eval setting: from its tags when comparable, else measured."""
+    """A version's promotion metric (and per-keypoint report) on the current eval setting: from its tags and
+    its run's evaluation when comparable, else measured now."""
 
     def __init__(self, params: Params, lay: Layout, key: str, metric: str, tmp: Path):
         self.params, self.lay, self.key, self.metric, self.tmp = params, lay, key, metric, tmp
 
-    def __call__(self, mv) -> float:
+    def __call__(self, mv, report: bool = False) -> tuple[float, KeypointReport | None]:
         if mv.tags.get("eval_key") == self.key and f"metrics.{self.metric}" in mv.tags:
-            return float(mv.tags[f"metrics.{self.metric}"])
+            recorded = self._recorded_report(mv) if report else None
+            if recorded is not None or not report:
+                return float(mv.tags[f"metrics.{self.metric}"]), recorded
         local = download(f"models:/{mv.name}/{mv.version}", self.tmp / f"v{mv.version}")
         data_yaml = resolved_data_yaml(self.lay.prepared / "data.yaml", self.tmp / "data.yaml")
-        return validate(find_weights(local, f"models:/{mv.name}/{mv.version}"), data_yaml, self.params,
-                        self.tmp / f"val-v{mv.version}")[self.metric]
+        metrics, poses = validate_poses(find_weights(local, f"models:/{mv.name}/{mv.version}"), data_yaml,
+                                        self.params, self.tmp / f"val-v{mv.version}")
+        scored = score_keypoints(poses, data_yaml, self.params.evaluate.match_conf) if report else None
+        return metrics[self.metric], scored
+
+    def _recorded_report(self, mv) -> KeypointReport | None:
+        """The per-keypoint report the version's evaluate stage logged, or None (a version evaluated before)."""
+        if not mv.run_id:
+            return None
+        try:
+            path = download(f"runs:/{mv.run_id}/eval/{KEYPOINT_REPORT}", self.tmp / f"kp-v{mv.version}")
+            return KeypointReport.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except Exception:  # noqa: BLE001 - not logged (an older version): measured instead
+            return None

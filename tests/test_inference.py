@@ -387,8 +387,8 @@ def test_predict_cli_over_images_folder_and_video(tmp_path: Path, home: Path, mo
     out, annotated = tmp_path / "out" / "predictions.jsonl", tmp_path / "annotated"
     env = {**os.environ, "POSEOPS_HOME": str(home)}
     done = subprocess.run(
-        [sys.executable, "-m", "poseops.cli_serve", "predict", str(IMAGES[0].parent), str(IMAGES[0]), str(video),
-         "--out", str(out), "--save-dir", str(annotated), "--skeleton", str(PERSON_SPEC)],
+        [sys.executable, "-m", "poseops.cli_predict", "predict", str(IMAGES[0].parent), str(IMAGES[0]), str(video),
+         "--out", str(out), "--save-dir", str(annotated), "--weights", "yolo11n-pose.pt", "--skeleton", str(PERSON_SPEC)],
         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -406,6 +406,6 @@ def test_predict_cli_over_images_folder_and_video(tmp_path: Path, home: Path, mo
 def test_predict_cli_refuses_other_files(tmp_path: Path):
     notes = tmp_path / "notes.txt"
     notes.write_text("hi")
-    done = subprocess.run([sys.executable, "-m", "poseops.cli_serve", "predict", str(notes), "--out", str(tmp_path / "o.jsonl")],
+    done = subprocess.run([sys.executable, "-m", "poseops.cli_predict", "predict", str(notes), "--out", str(tmp_path / "o.jsonl")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode != 0 and "not an image or video" in done.stderr

@@ -161,14 +161,14 @@ def test_concurrent_decodes_stay_within_the_memory_of_one_budget():
 
 
 def test_the_opencv_paths_check_the_budget_first(tmp_path, monkeypatch):
-    from poseops.cli_serve import _frames
+    from poseops.cli_predict import read_image
     from poseops.imageio import check_within_budget
 
     claim = tmp_path / "claim.jpg"
     claim.write_bytes(jpeg_claiming(7999, 7999))
     monkeypatch.setenv("POSEOPS_MAX_PIXELS", "40000000")
     with pytest.raises(TooManyPixels, match=f"{claim}: the image declares 7999 x 7999"):
-        list(_frames(claim))  # what `poseops predict` decodes
+        read_image(claim)  # what `poseops predict` decodes
     with pytest.raises(TooManyPixels, match="^the image declares 7999 x 7999"):
         check_within_budget(claim.read_bytes())  # what autolabel decodes, before cv2.imdecode
     check_within_budget(b"not an image PIL knows")  # left to OpenCV, which reports it

@@ -395,12 +395,14 @@ def demo_down() -> None:
 
 def _register_commands() -> None:
     from poseops.cli_import import register as register_import
+    from poseops.cli_predict import register as register_predict
     from poseops.cli_serve import register as register_serve
     from poseops.cli_train import register as register_train
     from poseops.cli_video import register as register_video
 
     register_import(app)
     register_serve(app)
+    register_predict(app)
     register_train(app)
     register_video(app)
 

@@ -1,4 +1,4 @@
-"""CLI commands of the detection service: `serve`, `detect`, `predict`, `api-key`, `load-test`.
+"""CLI commands of the detection service: `serve`, `detect`, `api-key`, `load-test` (`predict` is `poseops.cli_predict`).
 
 `register(app)` adds them to the `poseops` Typer app; `python -m poseops.cli_serve`
 runs them on their own.
@@ -10,9 +10,8 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -20,13 +19,9 @@ from poseops.cli_common import user_errors
 from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from poseops.detector import DEFAULT_SKELETON, DEFAULT_WEIGHTS
 from poseops.errors import PoseopsError
-from poseops.imageio import DECODE_MEMORY_ENV, check_within_budget
+from poseops.imageio import DECODE_MEMORY_ENV
 from poseops.paths import checkout_path
 from poseops.settings import child_env
-
-if TYPE_CHECKING:
-    import numpy as np
-
 
 WeightsOpt = Annotated[str, typer.Option(help="a .pt checkpoint or .onnx export (bare names are looked up in POSEOPS_WEIGHTS_DIR)")]
 SkeletonOpt = Annotated[Path, typer.Option(help="the skeleton spec the model was trained with")]
@@ -125,109 +120,6 @@ def collect_sources(paths: list[Path]) -> list[Path]:
     return sources
 
 
-def _frames(source: Path) -> Iterator[tuple[int | None, float | None, np.ndarray | None]]:
-    """(frame index, time in ms, BGR frame) of a video, or (None, None, image) of an image."""
-    import cv2
-
-    if source.suffix.lower() in IMAGE_SUFFIXES:
-        check_within_budget(source)  # the pixel budget, from the header, before OpenCV decodes it
-        yield None, None, cv2.imread(str(source))
-        return
-    capture = cv2.VideoCapture(str(source))
-    try:
-        index = 0
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            yield index, round(capture.get(cv2.CAP_PROP_POS_MSEC), 1), frame
-            index += 1
-    finally:
-        capture.release()
-
-
-def _frame_count(source: Path) -> int:
-    import cv2
-
-    if source.suffix.lower() in IMAGE_SUFFIXES:
-        return 1
-    capture = cv2.VideoCapture(str(source))
-    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    capture.release()
-    return max(count, 0)
-
-
-def predict(
-    paths: Annotated[list[Path], typer.Argument(exists=True, help="images, videos or folders of them")],
-    out: Annotated[Path, typer.Option(help="JSON lines: one line per image or video frame")],
-    weights: WeightsOpt = DEFAULT_WEIGHTS,
-    skeleton: SkeletonOpt = Path(DEFAULT_SKELETON),
-    runtime: RuntimeOpt = "onnx",
-    imgsz: Annotated[int | None, typer.Option(help="model input size (default: the size the model was trained or exported at)")] = None,
-    conf_thres: ConfOpt = DEFAULT_CONF_THRES,
-    iou_thres: IouOpt = DEFAULT_IOU_THRES,
-    save_dir: Annotated[Path | None, typer.Option(help="write annotated images (and .mp4 for videos) here")] = None,
-) -> None:
-    """Run the model in this process over images, folders and videos; write JSON lines."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from poseops.inference import PoseModel, draw_detections
-    from poseops.skeleton import load_skeleton
-
-    sources = collect_sources(paths)
-    if not sources:
-        raise PoseopsError(f"no image or video files in {', '.join(map(str, paths))}")
-    spec = load_skeleton(skeleton)
-    model = PoseModel(weights, spec, runtime, imgsz)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    total = sum(_frame_count(s) for s in sources)
-    lines = detections_total = 0
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
-    with out.open("w", encoding="utf-8") as sink, progress:
-        task = progress.add_task("predict", total=total)
-        for source in sources:
-            writer = None
-            try:
-                for frame, ms, image in _frames(source):
-                    record: dict[str, Any] = {"source": str(source)}
-                    if frame is not None:
-                        record |= {"frame": frame, "time_ms": ms}
-                    if image is None:
-                        record["error"] = "cannot be read as an image"
-                    else:
-                        detections = model.detect(image, conf_thres, iou_thres)
-                        detections_total += len(detections)
-                        record |= {"width": image.shape[1], "height": image.shape[0], "detections": detections}
-                        if save_dir is not None:
-                            writer = _save_annotated(save_dir, source, frame, draw_detections(image, detections, spec), writer)
-                    sink.write(json.dumps(record) + "\n")
-                    lines += 1
-                    progress.advance(task)
-            finally:
-                if writer is not None:
-                    writer.release()
-    typer.echo(f"{lines} lines, {detections_total} detections -> {out}")
-
-
-def _save_annotated(save_dir: Path, source: Path, frame: int | None, image: np.ndarray, writer: Any) -> Any:
-    import cv2
-
-    if frame is None:
-        cv2.imwrite(str(save_dir / source.name), image)
-        return None
-    if writer is None:
-        capture = cv2.VideoCapture(str(source))
-        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-        capture.release()
-        size = (image.shape[1], image.shape[0])
-        writer = cv2.VideoWriter(str(save_dir / f"{source.stem}.annotated.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    writer.write(image)
-    return writer
-
-
 def api_key(
     name: Annotated[str, typer.Argument(help="who the key is for")],
     keys_file: Annotated[Path | None, typer.Option(help="keys file (default: $POSEOPS_HOME/api-keys.yaml)")] = None,
@@ -288,8 +180,7 @@ def load_test(
 
 def register(app: typer.Typer) -> None:
     """Add the service commands to the `poseops` CLI."""
-    for name, command in (("serve", serve), ("detect", detect), ("predict", predict), ("api-key", api_key),
-                          ("load-test", load_test)):
+    for name, command in (("serve", serve), ("detect", detect), ("api-key", api_key), ("load-test", load_test)):
         app.command(name)(user_errors(command))
 
 

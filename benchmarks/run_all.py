@@ -23,6 +23,8 @@ from benchmarks.common import RESULTS, ROOT
 BENCHMARKS = [
     ("Conversion: poseops vs the Label Studio SDK's YOLO export", ["benchmarks.convert"]),
     ("Pull: nothing changed vs the first pull and the bare export", ["benchmarks.pull_nochange"]),
+    ("Import: 1,000 labeled images (COCO) vs uploading them unlabeled, time and Label Studio requests",
+     ["benchmarks.import_labels"]),
     ("Serving: the service vs raw in-process inference", ["benchmarks.serve"]),
     ("Load: 4 clients for 60 s against the service", ["benchmarks.load"]),
     ("Autolabel: the flow's steady-state throughput vs the raw model", ["benchmarks.autolabel"]),

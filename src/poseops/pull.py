@@ -59,6 +59,8 @@ class PullOptions:
     allow_unlabeled: bool = _DEFAULTS.allow_unlabeled
     data_root: Path = Path(_DEFAULTS.data_root)
     workers: int = _DEFAULTS.workers
+    max_flagged: float = _DEFAULTS.max_flagged  # label checks (poseops.labelchecks)
+    check_model_url: str | None = _DEFAULTS.check_model_url
     version: bool = True  # record with DVC (+ push) and git
     commit: bool = True  # commit the .dvc file to git
 

@@ -49,6 +49,7 @@ class PullSummary:
     unchanged: bool = False  # the labels and images of the last version: nothing rebuilt, no new version
     record: dict[str, Any] = field(default_factory=dict)  # the pull record as written beside the dataset
     manifest: dict[str, Any] = field(default_factory=dict)  # the dataset's manifest.json
+    label_checks: dict[str, Any] = field(default_factory=dict)  # poseops.labelchecks.LabelChecks.to_dict()
 
     @classmethod
     def of(cls, result: PullResult, downloaded_images: int) -> PullSummary:
@@ -88,8 +89,25 @@ def pull_markdown(s: PullSummary) -> str:
                   *[f"| {k} | {v} |" for k, v in s.keypoints_per_label.items()]]
     if s.problems:
         lines += ["", f"### Dropped or refused ({len(s.problems)})", "", *[f"- {p}" for p in s.problems[:100]]]
+    lines += _label_checks_markdown(s.label_checks, f"{s.label_studio_url}/projects/{s.label_studio_project_id}")
     lines += [line for w in s.warnings for line in ("", f"> warning: {w}")]
     return "\n".join(lines) + "\n"
+
+
+def _label_checks_markdown(checks: dict[str, Any], project_url: str) -> list[str]:
+    """The label checks' section: each flagged task linked to Label Studio, with what was found."""
+    if not checks:
+        return []
+    flags = checks.get("flags", [])
+    lines = ["", f"### Label checks: {len(checks.get('flagged_tasks', []))} of {checks.get('checked_tasks', 0)} "
+             "labeled task(s) flagged", "",
+             "Tagged in Label Studio: filter the Data Manager on the column `poseops_checks`.", ""]
+    if flags:
+        lines += ["| task | object | check | what |", "|---|---|---|---|"]
+        lines += [f"| [{f['task_id']}]({project_url}/data?task={f['task_id']}) | {f['class_name']} #{f['object_index'] + 1} "
+                  f"| {f['check']} | {f['detail']} |" for f in flags[:200]]
+    lines += [f"- {note}" for note in checks.get("notes", [])]
+    return lines
 
 
 # --- autolabel -----------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ Studio calls only), holds the dataset's lock, and publishes the summary artifact
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.utilities.annotations import quote
 
+from poseops import labelchecks
 from poseops import pull as steps
 from poseops.datasets import load_record, project_of
 from poseops.flows.quick import quick_flow
@@ -50,6 +52,21 @@ def fetch_images(labeled: list[dict], workers: int) -> tuple[dict[int, Path], in
 
 
 @task
+def check_labels(dataset: str, ready: steps.Readiness, images: dict[int, Path],
+                 options: steps.PullOptions) -> labelchecks.LabelChecks:
+    skeleton = load_record(load_settings(), dataset).skeleton_spec()
+    checks = labelchecks.run_checks(skeleton, ready.labeled, images, options.check_model_url)
+    get_run_logger().info("label checks: %s", checks.summary())
+    return checks
+
+
+@task(**NETWORK_RETRIES)
+def tag_checked_tasks(tasks: list[dict], checks: labelchecks.LabelChecks) -> int:
+    with label_studio(load_settings()) as client:
+        return labelchecks.tag_tasks(client, tasks, checks)
+
+
+@task
 def build_dataset(dataset: str, options: steps.PullOptions, snapshot: steps.Snapshot, ready: steps.Readiness,
                   images: dict[int, Path]) -> steps.PullResult:
     settings = load_settings()
@@ -70,12 +87,16 @@ def pull_labels(dataset: str = "demo-people", params_file: str = "params.yaml", 
             snapshot = export_labels(dataset)
             ready = check_ready(quote(snapshot), options, dataset)
             images, downloaded = fetch_images(quote(ready.labeled), options.workers)
+            checks = check_labels(dataset, ready, images, options)
+            tag_checked_tasks(snapshot.tasks, checks)  # flagged tasks filterable in Label Studio, refused or not
         except LabelStudioError as e:
             tried = "" if isinstance(e, LabelStudioRefused) else f" (tried {ATTEMPTS} times)"
             raise type(e)(f"{e}\nThe pull of {dataset!r} stopped{tried}; {options.data_root / dataset} is unchanged. "
                           "Pull again once that is fixed: the images already downloaded stay cached.") from None
+        if why := labelchecks.refusal(checks, options.max_flagged, dataset):
+            raise steps.NotReady(f"{why} {options.data_root / dataset} is unchanged.")
         result = build_dataset(dataset, options, quote(snapshot), quote(ready), quote(images))
-    summary = PullSummary.of(result, downloaded)
+    summary = dataclasses.replace(PullSummary.of(result, downloaded), label_checks=checks.to_dict())
     create_markdown_artifact(key=artifact_key("pull", dataset), markdown=pull_markdown(summary),
                              description=f"pull of {dataset}")
     return summary.to_dict()

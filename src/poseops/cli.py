@@ -397,6 +397,7 @@ def _register_commands() -> None:
     from poseops.cli_import import register as register_import
     from poseops.cli_predict import register as register_predict
     from poseops.cli_serve import register as register_serve
+    from poseops.cli_labels import register as register_labels
     from poseops.cli_train import register as register_train
     from poseops.cli_video import register as register_video
 
@@ -404,6 +405,7 @@ def _register_commands() -> None:
     register_serve(app)
     register_predict(app)
     register_train(app)
+    register_labels(app)
     register_video(app)
 
 

@@ -166,3 +166,61 @@ def test_bad_autolabel_params_name_the_key(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("autolabel:\n  task_runner: spark\n")
     with pytest.raises(ValueError, match="'autolabel.task_runner' is 'spark'; allowed: threads, dask"):
         autolabel.fn(dataset="x", weights="yolo11n-pose.pt")  # the flow's body: it checks before any server
+
+
+def test_the_pipeline_labels_every_batch_and_reports_each_failure_where_it_happened(tmp_path):
+    """Fetch and write on threads, the model here: a bad image, a refused write and a failed fetch each land where they belong."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from poseops.autolabel import AutolabelOptions, AutolabelReport
+    from poseops.autolabel_pipeline import PipelineModel, run_pipeline
+
+    paths = {}
+    for task_id in range(1, 8):
+        paths[task_id] = tmp_path / f"{task_id}.png"
+        Image.new("RGB", (64, 48), (task_id * 30, 0, 0)).save(paths[task_id])
+    paths[3].write_bytes(b"not an image")
+
+    class Model(PipelineModel):
+        def __init__(self):
+            self.seen = []
+
+        def load(self, path):
+            data = path.read_bytes()
+            if not data.startswith(b"\x89PNG"):
+                raise ValueError("not an image")
+            return path
+
+        def detect(self, image):
+            self.seen.append(image)
+            return []
+
+    batches = [[{"id": i, "predictions": []} for i in ids] for ids in ([1, 2, 3], [4, 5], [6, 7])]
+    written = []
+
+    def write(predicted):
+        if any(task["id"] == 5 for task, _, _ in predicted):
+            raise RuntimeError("Label Studio answered 500")
+        written.append([task["id"] for task, _, _ in predicted])
+
+    with ThreadPoolExecutor(4) as pool:
+        model, report, done = Model(), AutolabelReport("v1"), []
+        run_pipeline(batches, lambda b: pool.submit(lambda: {t["id"]: paths[t["id"]] for t in b}),
+                     lambda p: pool.submit(write, p), model, SKELETON, AutolabelOptions(), report,
+                     on_batch=lambda i, n, k: done.append((i, n, k)))
+        assert sorted(written) == [[1, 2], [6, 7]] and set(report.predicted) == {1, 2, 6, 7}
+        assert "cannot identify image file" in report.failed[3]
+        assert "writing the prediction failed" in report.failed[4] and set(report.failed) == {3, 4, 5}
+        assert done == [(1, 3, 2), (2, 3, 2), (3, 3, 2)] and len(model.seen) == 6
+
+        def fetch(batch):
+            if batch[0]["id"] == 4:
+                return pool.submit(lambda: (_ for _ in ()).throw(ConnectionError("Label Studio does not answer")))
+            return pool.submit(lambda: {t["id"]: paths[t["id"]] for t in batch})
+
+        report = AutolabelReport("v1")
+        with pytest.raises(ConnectionError, match="does not answer"):
+            run_pipeline(batches, fetch, lambda p: pool.submit(write, p), Model(), SKELETON, AutolabelOptions(), report)
+        assert set(report.predicted) == {1, 2}  # the batch written before the failure counts

@@ -170,7 +170,7 @@ def label_tasks(
 
 
 @functools.lru_cache(maxsize=2)
-def _local_model(weights: str, skeleton_path: str):
+def local_model(weights: str, skeleton_path: str):
     """The model in this process (one per worker process), loaded once."""
     from poseops.inference import PoseModel
     from poseops.skeleton import load_skeleton
@@ -189,7 +189,7 @@ def detector(service_url: str | None, weights: str | None, skeleton_path: str,
     import cv2
     import numpy as np
 
-    model = _local_model(str(weights), skeleton_path)
+    model = local_model(str(weights), skeleton_path)
 
     def detect(image: bytes) -> Detections:
         check_within_budget(image)  # before OpenCV decodes anything: refused from its header, reported per task

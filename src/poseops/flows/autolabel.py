@@ -3,19 +3,27 @@
     poseops autolabel NAME --url http://127.0.0.1:3000     # through the running service
     poseops autolabel NAME --weights best.pt               # the model in-process
 
-The fan-out (one task per batch of images) runs on the task runner that params.yaml's
-`autolabel.task_runner` names: `threads` on this machine, or `dask` (a local Dask cluster,
-or an existing one at `autolabel.dask_address`) to spread thousands of images over workers.
-The steps live in `poseops.autolabel`.
+With `autolabel.task_runner: threads` (params.yaml) and a weights file, the model runs in this
+process and the run is a pipeline (`poseops.autolabel_pipeline`): each batch's images are fetched (task
+`fetch-batch`) and its predictions written (task `write-batch`) on threads while the model
+works on the batch before, so the model never waits for Label Studio. With `dask` (a local
+Dask cluster, or an existing one at `autolabel.dask_address`) each batch is a task on a
+worker process (`predict-batch`), with one model per worker; through the service (--url), batches
+run on threads that way too. The steps live in `poseops.autolabel`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.utilities.annotations import quote
 
 from poseops import autolabel as steps
+from poseops.autolabel_pipeline import LocalModel, run_pipeline
 from poseops.datasets import load_record, project_of
+from poseops.flows.quick import quick_flow
 from poseops.flows.retries import NETWORK_RETRIES, label_studio
 from poseops.imagecache import ImageCache, fetch_images
 from poseops.params import AutolabelParams, load_params
@@ -69,13 +77,47 @@ def label_batches(dataset: str, project_id: int, batches: list[list[dict]], mode
     return [f.result() for f in futures]
 
 
+@task(name="fetch-batch", **NETWORK_RETRIES)
+def fetch_batch(batch: list[dict], workers: int) -> dict[int, Path]:
+    """One batch's images, from poseops' image cache or downloaded from Label Studio into it."""
+    settings = load_settings()
+    with label_studio(settings) as client:
+        images, _ = fetch_images(client, batch, ImageCache(settings.home / "cache" / "images"), workers=workers)
+    return images
+
+
+@task(name="write-batch", **NETWORK_RETRIES)
+def write_batch(project_id: int, predicted: list[tuple[dict, list[dict], float]], model_version: str,
+                replace: bool) -> None:
+    """One batch's predictions in one request (with `replace`, this version's older ones go first)."""
+    with label_studio(load_settings()) as client:
+        steps.write_predictions(client, project_id, predicted, model_version, replace)
+
+
+def label_in_this_process(dataset: str, project_id: int, batches: list[list[dict]], model_version: str, weights: str,
+                          options: steps.AutolabelOptions) -> steps.AutolabelReport:
+    """Every batch through the pipeline: fetch and write tasks on threads, the model here (loaded once)."""
+    record = load_record(load_settings(), dataset)
+    model = LocalModel(steps.local_model(str(weights), record.skeleton), options)
+    report = steps.AutolabelReport(model_version)
+    logger = get_run_logger()
+
+    def progress(done: int, total: int, predicted: int) -> None:
+        logger.info("batch %d of %d: %d predicted", done, total, predicted)
+
+    run_pipeline(batches, lambda batch: fetch_batch.submit(quote(batch), options.workers),
+                 lambda predicted: write_batch.submit(project_id, quote(predicted), model_version, options.redo),
+                 model, record.skeleton_spec(), options, report, on_batch=progress)
+    return report
+
+
 @task(**NETWORK_RETRIES)
 def show_version(project_id: int, model_version: str) -> None:
     with label_studio(load_settings()) as client:
         steps.show_model_version(client, project_id, model_version)
 
 
-@flow(name="autolabel")
+@quick_flow(name="autolabel")
 def autolabel(dataset: str = "demo-people", service_url: str | None = None, weights: str | None = None,
               model_version: str | None = None, redo: bool = False, params_file: str = "params.yaml") -> dict:
     """Predictions from the deployed model for every task nobody labeled; least confident first in the queue."""
@@ -86,8 +128,13 @@ def autolabel(dataset: str = "demo-people", service_url: str | None = None, weig
     model_version = model_version or steps.model_version_of(service_url, weights)
     project_id, todo, skipped = find_tasks(dataset, model_version, redo)
     batches = steps.batches_of(todo, config.batch_size)
-    reports = label_batches.with_options(task_runner=task_runner(config))(
-        dataset, project_id, batches, model_version, service_url, weights, options) if batches else []
+    if not batches:
+        reports = []
+    elif config.task_runner == "threads" and not service_url:
+        reports = [label_in_this_process(dataset, project_id, batches, model_version, weights, options)]
+    else:
+        reports = label_batches.with_options(task_runner=task_runner(config))(
+            dataset, project_id, batches, model_version, service_url, weights, options)
     predicted = {int(k): v for r in reports for k, v in r.predicted.items()}
     failed = {int(k): v for r in reports for k, v in r.failed.items()}
     if predicted:

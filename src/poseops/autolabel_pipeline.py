@@ -1,0 +1,190 @@
+"""Autolabel as a pipeline: image fetch, decoding, the model and the Label Studio write overlap.
+
+    fetch (a batch at a time, `ahead` batches in flight) → load (one thread: read, check, decode)
+        → bounded queue → detect (the caller's thread: the one model of this process)
+        → write (a batch at a time, at most `ahead` in flight)
+
+The fetch and the write are given as functions that return futures (the autolabel flow submits its
+Prefect tasks, with their retries), so this module knows nothing of Prefect. Only the model's
+thread waits on the model: fetching the next batches, decoding their images and writing the last
+ones happen meanwhile, so a run's steady state is bound by inference. The queue between the
+loader and the model holds at most two batches of decoded images.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from poseops.autolabel import AutolabelOptions, AutolabelReport, Detections, prediction_of
+from poseops.datasets import image_size
+from poseops.imageio import check_within_budget
+from poseops.skeleton import Skeleton
+
+Predicted = tuple[dict, list[dict], float]  # task, result regions, score
+
+
+class PipelineModel:
+    """What the pipeline runs: `load` (in the loader thread) makes a path ready for `detect` (in the model's)."""
+
+    def load(self, path: Path) -> Any:
+        raise NotImplementedError
+
+    def detect(self, image: Any) -> Detections:
+        raise NotImplementedError
+
+
+class LocalModel(PipelineModel):
+    """The model in this process: the loader decodes (OpenCV, EXIF orientation applied), the model only infers."""
+
+    def __init__(self, model: Any, options: AutolabelOptions):
+        self.model, self.options = model, options
+
+    def load(self, path: Path) -> Any:
+        import cv2
+        import numpy as np
+
+        content = path.read_bytes()
+        check_within_budget(content)  # before OpenCV decodes anything: refused from its header, reported per task
+        image = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{path.name}: not an image OpenCV can decode")
+        return image
+
+    def detect(self, image: Any) -> Detections:
+        return self.model.detect(image, self.options.conf_thres, self.options.iou_thres)
+
+
+@dataclass
+class _Loaded:
+    task: dict
+    image: Any = None
+    size: tuple[int, int] = (0, 0)
+    error: str | None = None
+
+
+@dataclass
+class _BatchEnd:
+    batch: list[dict]
+    error: BaseException | None = None  # the batch's fetch failed (after its retries)
+
+
+def run_pipeline(
+    batches: list[list[dict]],
+    fetch: Callable[[list[dict]], Future],  # → Future[dict[task id, Path]]
+    write: Callable[[list[Predicted]], Future],  # → Future[None]
+    model: PipelineModel,
+    skeleton: Skeleton,
+    options: AutolabelOptions,
+    report: AutolabelReport,
+    ahead: int = 2,
+    on_batch: Callable[[int, int, int], None] | None = None,  # (batches done, batches, predicted in this one)
+) -> None:
+    """Label every batch; per-task failures (image, decode, detect, write) go into `report`, the rest goes on.
+
+    A fetch that fails after its retries stops the run with its error, as a failed batch task did.
+    """
+    fetches: queue.Queue = queue.Queue()
+    loaded: queue.Queue = queue.Queue(maxsize=2 * max(len(b) for b in batches) + 2) if batches else queue.Queue()
+    stop = threading.Event()
+    submitted = 0
+
+    def submit_fetch() -> None:
+        nonlocal submitted
+        if submitted < len(batches):
+            fetches.put((batches[submitted], fetch(batches[submitted])))
+            submitted += 1
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                loaded.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def loader() -> None:
+        for _ in batches:
+            while True:
+                try:
+                    batch, future = fetches.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+            try:
+                paths = future.result()
+            except BaseException as e:  # noqa: BLE001 - handed to the model's thread, which raises it
+                put(_BatchEnd(batch, e))
+                return
+            for task in batch:
+                item = _Loaded(task)
+                path = paths.get(task["id"])
+                try:
+                    if path is None:
+                        raise ValueError("its image was not fetched")
+                    item.size, item.image = image_size(path), model.load(path)
+                except Exception as e:  # noqa: BLE001 - one bad image must not stop the run; it is reported
+                    item.error = f"{type(e).__name__}: {e}"
+                if not put(item):
+                    return
+            if not put(_BatchEnd(batch)):
+                return
+
+    for _ in range(ahead):
+        submit_fetch()
+    thread = threading.Thread(target=loader, name="autolabel-loader", daemon=True)
+    thread.start()
+    writes: deque[tuple[list[Predicted], Future]] = deque()  # in flight, oldest first
+    try:
+        predicted: list[Predicted] = []
+        done = 0
+        while done < len(batches):
+            item = loaded.get()
+            if isinstance(item, _BatchEnd):
+                if item.error is not None:
+                    raise item.error
+                done += 1
+                submit_fetch()
+                if predicted:
+                    writes.append((predicted, write(predicted)))
+                if on_batch:
+                    on_batch(done, len(batches), len(predicted))
+                predicted = []
+                while len(writes) > ahead:
+                    _collect(writes.popleft(), report)
+                continue
+            if item.error is None:
+                try:
+                    detections = model.detect(item.image)
+                    result, score = prediction_of(skeleton, detections, *item.size, options.keypoint_conf)
+                    predicted.append((item.task, result, score))
+                    continue
+                except Exception as e:  # noqa: BLE001 - reported per task, like a bad image
+                    item.error = f"{type(e).__name__}: {e}"
+            report.failed[item.task["id"]] = item.error
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        while writes:
+            _collect(writes.popleft(), report)
+
+
+def _collect(write: tuple[list[Predicted], Future], report: AutolabelReport) -> None:
+    """Wait for one batch's write; a refused one (after its retries) is reported for each of its tasks."""
+    predicted, future = write
+    try:
+        future.result()
+    except Exception as e:  # noqa: BLE001 - reported per task, like a failed image
+        for task, _, _ in predicted:
+            report.failed[task["id"]] = f"writing the prediction failed: {type(e).__name__}: {e}"
+        return
+    for task, _, score in predicted:
+        report.predicted[task["id"]] = score

@@ -27,6 +27,7 @@ BENCHMARKS = [
      ["benchmarks.import_labels"]),
     ("Serving: the service vs raw in-process inference", ["benchmarks.serve"]),
     ("Load: 4 clients for 60 s against the service", ["benchmarks.load"]),
+    ("Video: poseops predict with tracking vs the raw model on the same frames", ["benchmarks.predict_video"]),
     ("Autolabel: the flow's steady-state throughput vs the raw model", ["benchmarks.autolabel"]),
     ("Training: the DVC pipeline vs Ultralytics called directly", ["benchmarks.train_overhead"]),
     ("Fine-tuning on coco-mini-train, measured on coco8-pose val (photos from the pretraining set): "

@@ -13,8 +13,8 @@ x and y per track: still points stop jittering, moving ones follow with little l
 thirty lines below rather than a dependency: the one PyPI package for it (`oneeurofilter`) has
 a single release and works on scalars anyway.
 
-The run's speed is reported against the raw model (`PoseModel.detect`, no tracking) on a sample
-of the same frames, in the same process and runtime (`VideoSummary`).
+The run's speed is reported against the raw model on a sample of the same frames afterwards: the
+same predictor (model file, runtime, input size) called without the tracker (`VideoSummary`).
 """
 
 from __future__ import annotations
@@ -209,6 +209,14 @@ class VideoTracker:
         for tracker in getattr(self._yolo.predictor, "trackers", None) or []:
             tracker.reset()
 
+    def raw(self, frame: np.ndarray) -> list[dict[str, Any]]:
+        """The raw model on the frame through the same predictor, the tracker left as it was (the speed baseline)."""
+        from poseops.inference import detections_from_result
+
+        result = self._yolo.predict(frame, conf=self.conf_thres, iou=self.iou_thres, imgsz=self.model.imgsz,
+                                    device="cpu", verbose=False)[0]
+        return detections_from_result(result, self.model.skeleton)
+
     def __call__(self, frame: np.ndarray) -> list[dict[str, Any]]:
         from poseops.inference import detections_from_result
 
@@ -227,8 +235,10 @@ def predict_video(
     options: VideoOptions,
     on_frame: Callable[[VideoFrame, np.ndarray], None] | None = None,
     tracker: VideoTracker | None = None,
+    raw_sample: int = RAW_SAMPLE_FRAMES,
 ) -> VideoSummary:
-    """Run over the frames of `path` that `options` pick, handing each to `on_frame`; then time the raw model.
+    """Run over the frames of `path` that `options` pick, handing each to `on_frame`; then time the raw model
+    on up to `raw_sample` of them.
 
     `tracker` (made from `options` when not given) is reset first, so ids start at 1 for each video.
     """
@@ -236,7 +246,7 @@ def predict_video(
         tracker = tracker or VideoTracker(model, options.tracker, options.conf_thres, options.iou_thres)
         tracker.reset()
     smoother = KeypointSmoother() if options.smooth else None
-    every = max(1, planned_frames(path, options) // RAW_SAMPLE_FRAMES)
+    every = max(1, planned_frames(path, options) // max(raw_sample, 1))
     sample: list[np.ndarray] = []
     summary = VideoSummary(source=path)
     started = time.perf_counter()
@@ -250,15 +260,16 @@ def predict_video(
         frame = VideoFrame(index, time_ms, image.shape[1], image.shape[0], detections)
         if on_frame is not None:
             on_frame(frame, image)
-        if summary.frames % every == 0 and len(sample) < RAW_SAMPLE_FRAMES:
+        if summary.frames % every == 0 and len(sample) < raw_sample:
             sample.append(image)
         summary.frames += 1
         summary.detections += len(detections)
         summary.track_ids |= {d["track_id"] for d in detections if d.get("track_id") is not None}
     summary.seconds = time.perf_counter() - started
     if sample:
+        raw = tracker.raw if tracker is not None else (lambda image: model.detect(image, options.conf_thres, options.iou_thres))
         started = time.perf_counter()
         for image in sample:
-            model.detect(image, options.conf_thres, options.iou_thres)
+            raw(image)
         summary.raw_fps, summary.raw_frames = len(sample) / (time.perf_counter() - started), len(sample)
     return summary

@@ -256,12 +256,12 @@ def test_wrong_labels_are_tagged_in_label_studio_listed_and_refuse_the_pull_over
         labeled = len(list(client.iter_tasks(project)))
     params = workspace / "params.yaml"
     doc = yaml.safe_load(params.read_text())
-    doc["pull"]["max_flagged"] = 0.05
+    doc["pull"]["max_flagged"] = 0.02  # 3 of the 80 images
     params.write_text(yaml.safe_dump(doc))
     with pytest.raises(NotReady) as refused:
         run_pull(name)
     message = str(refused.value)
-    assert "3 of" in message and "labeled task(s) flagged" in message and "pull.max_flagged = 0.05" in message
+    assert "3 of" in message and "labeled task(s) flagged" in message and "pull.max_flagged = 0.02" in message
     assert not (workspace / "data" / name).exists()  # nothing written
     with LabelStudioClient(label_studio) as client:
         tagged = {t["id"]: t["data"].get(TASK_FIELD) for t in client.iter_tasks(project)}

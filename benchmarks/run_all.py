@@ -29,6 +29,7 @@ BENCHMARKS = [
     ("Load: 4 clients for 60 s against the service", ["benchmarks.load"]),
     ("Video: poseops predict with tracking vs the raw model on the same frames", ["benchmarks.predict_video"]),
     ("Autolabel: the flow's steady-state throughput vs the raw model", ["benchmarks.autolabel"]),
+    ("Video ingestion: frames ingested per second vs decoding the same video alone", ["benchmarks.ingest_video"]),
     ("Training: the DVC pipeline vs Ultralytics called directly", ["benchmarks.train_overhead"]),
     ("Fine-tuning on coco-mini-train, measured on coco8-pose val (photos from the pretraining set): "
      "Ultralytics' defaults (optimizer=auto)", ["benchmarks.finetune_coco_mini"]),

@@ -20,7 +20,7 @@ def add_video(
     name: Annotated[str, typer.Argument(help="Dataset name")],
     videos: Annotated[list[Path], typer.Argument(help="Video files, or folders searched for videos (mp4, avi, mov, mkv, ...)")],
     frames: Annotated[int, typer.Option("--frames", "-n", min=1, help="Diverse frames to choose per video (k-means)")] = DEFAULT_FRAMES,
-    stride: Annotated[int | None, typer.Option(min=1, help="Consider every stride-th frame (default: about 2,000 per video)")] = None,
+    stride: Annotated[int | None, typer.Option(min=1, help="Consider every stride-th frame (default: about 1,000 per video)")] = None,
     url: Annotated[str | None, typer.Option(help="Pre-label with this detection service (default: the deployed one, when it answers)")] = None,
     weights: Annotated[str | None, typer.Option(help="Or pre-label with a weights file, run in-process")] = None,
     model: Annotated[bool, typer.Option("--model/--no-model", help="Pre-label new frames with the model too (the template always)")] = True,

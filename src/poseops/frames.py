@@ -26,7 +26,7 @@ import numpy as np
 from poseops.errors import PoseopsError
 
 EMBED_WIDTH = 32  # pixels across the embedding (DeepLabCut shrinks to 30)
-MAX_CANDIDATES = 2000  # the automatic stride keeps about this many candidates per video
+MAX_CANDIDATES = 1000  # the automatic stride keeps about this many candidates per video
 NEAR_DUPLICATE = 0.02  # RMS grey-level difference below which two frames count as the same picture
 DEFAULT_FRAMES = 20
 
@@ -221,6 +221,7 @@ def select_diverse(embeddings: np.ndarray, n: int, min_distance: float = NEAR_DU
     first, and a row closer than `min_distance` to one already kept is dropped.
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     count = len(embeddings)
     if count == 0:
@@ -228,7 +229,8 @@ def select_diverse(embeddings: np.ndarray, n: int, min_distance: float = NEAR_DU
     if n >= count:
         picked, order = list(range(count)), list(range(count))
     else:
-        km = KMeans(n_clusters=n, n_init=2, random_state=seed).fit(embeddings)
+        with threadpool_limits(1):  # one thread: as fast at this size, and no oversubscription on a busy machine
+            km = KMeans(n_clusters=n, n_init=2, random_state=seed).fit(embeddings)
         picked = []
         for c in range(n):
             members = np.flatnonzero(km.labels_ == c)

@@ -214,7 +214,7 @@ class VideoTracker:
         from poseops.inference import detections_from_result
 
         result = self._yolo.predict(frame, conf=self.conf_thres, iou=self.iou_thres, imgsz=self.model.imgsz,
-                                    device="cpu", verbose=False)[0]
+                                    device="cpu", verbose=False, tracker=self.tracker)[0]  # same setup: no new predictor
         return detections_from_result(result, self.model.skeleton)
 
     def __call__(self, frame: np.ndarray) -> list[dict[str, Any]]:

@@ -180,3 +180,16 @@ def test_the_guard_flags_or_is_off_by_params():
 def test_images_where_champion_and_challenger_differ_most_come_first():
     diffs = image_differences(CHALLENGER, CHAMPION, {}, n=2)
     assert [(d.image, round(d.change, 3)) for d in diffs] == [("a.jpg", -0.7), ("b.jpg", 0.1)]
+
+
+def test_a_label_with_only_a_box_is_not_scored_and_absorbs_its_detection():
+    exact = [(x, y, 0.9) for x, y, _ in LABEL]
+    box_only = [(0.0, 0.0, 0.0)] * K
+    other_box = (300.0, 0.0, 400.0, 200.0)
+    on_it = [(x + 300, y + 50, 0.9) for x, y, _ in LABEL]
+    img = poses("d.jpg", [(BOX, LABEL), (other_box, box_only)], [(BOX, 0.9, exact), (other_box, 0.8, on_it)])
+    (score,) = evaluate_keypoints([img], NAMES, SIGMAS, 0.25).images
+    assert (score.oks, score.matched, score.labels, score.detections) == (1.0, 2, 2, 2)
+    far = poses("e.jpg", [(BOX, LABEL), (other_box, box_only)], [(BOX, 0.9, exact), ((500.0, 300, 600, 400), 0.8, on_it)])
+    (score,) = evaluate_keypoints([far], NAMES, SIGMAS, 0.25).images
+    assert (score.oks, score.matched) == (0.5, 1)  # a detection elsewhere is a false one: 1 / (1 label + 1 extra)

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import difflib
 import re
+import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ POSE_ARCHITECTURE = re.compile(r"^(yolo11|yolov8|yolo26)[nslmx]-pose(-p6)?\.(pt|
 RUN_URI = re.compile(r"^runs:/[0-9a-f]{32}/.+$")
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 DEVICE = re.compile(r"^(cpu|mps|\d+(,\d+)*)$")
+EXPORT_FORMATS = ("onnx", "openvino", "engine")
 OPTIMIZERS = ("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")
 NOT_TRAINING = ("pull", "autolabel", "schedules")  # sections that do not change a training: not logged to MLflow
 CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#LW-]+$")
@@ -189,13 +191,27 @@ class EvaluateParams:
     gallery_images: int = _spec(12, lo=0, hi=200)  # the error gallery: this many worst val images (lowest OKS)
 
 
+def check_formats(value: list) -> str | None:
+    if not value or any(f not in EXPORT_FORMATS for f in value) or len(set(value)) != len(value):
+        return f"must be a list of distinct formats among {', '.join(EXPORT_FORMATS)}, e.g. [onnx, openvino]"
+    return None if "onnx" in value else "must include onnx (every registered version carries model.onnx)"
+
+
 @dataclass(frozen=True)
 class ExportParams:
-    format: str = _spec("onnx", choices=("onnx",))
+    """What the export stage writes, each checked against best.pt on the val split before it is registered
+    (poseops.training.exports): `formats` (onnx, openvino on a CPU; engine = TensorRT, on a GPU),
+    FP16 (`half`) and OpenVINO INT8 (`int8`, calibrated on `int8_images` of the train split)."""
+
+    formats: list[str] = _spec(["onnx", "openvino"], check=check_formats)
     opset: int | None = _spec(None, lo=7, hi=25)
     simplify: bool = True
     dynamic: bool = False
     half: bool = False
+    int8: bool = False  # also best_int8_openvino_model/ (needs openvino in formats)
+    int8_images: int = _spec(300, lo=1)  # train images for the INT8 calibration (fewer when the split is smaller)
+    tolerance: float = _spec(0.02, lo=0.0, hi=1.0)  # pose mAP50-95 an fp32/fp16 export may lose against best.pt
+    int8_tolerance: float = _spec(0.05, lo=0.0, hi=1.0)  # ... and the INT8 export
 
 
 @dataclass(frozen=True)
@@ -281,7 +297,8 @@ class Params:
     def flat(self) -> dict[str, Any]:
         """`section.key: value` pairs (what MLflow logs as params), secrets never included."""
         training = {k: v for k, v in self.to_dict().items() if k not in NOT_TRAINING}
-        return {k: v for k, v in _flatten(training).items() if not any(h in k.lower() for h in SECRET_HINTS)}
+        return {k: ",".join(v) if isinstance(v, list) else v for k, v in _flatten(training).items()
+                if not any(h in k.lower() for h in SECRET_HINTS)}
 
     def replace(self, **overrides: Any) -> Params:
         """A copy with `section.key=value` overrides applied (validated like the file)."""
@@ -366,9 +383,14 @@ def _build(cls: type, doc: dict, source: str, prefix: str) -> Any:
     return cls(**values)
 
 
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
 def _type_name(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a section (a mapping)"}
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if _is_union(hint) else [hint]
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a section (a mapping)",
+             list: "a list of strings"}
     text = " or ".join(names.get(typing.get_origin(a) or a, getattr(a, "__name__", str(a))) for a in args)
     return text + (" (or empty)" if type(None) in typing.get_args(hint) else "")
 
@@ -380,12 +402,14 @@ def _check(value: Any, hint: Any, f: dataclasses.Field, key: str, source: str) -
         if optional:
             return None
         raise ParamsError(f"{source}: '{key}' is empty; it must be {_type_name(hint)}")
-    allowed = [typing.get_origin(a) or a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
+    members = typing.get_args(hint) if _is_union(hint) else (hint,)  # X | None or X | Y, else X (also list[str])
+    allowed = [typing.get_origin(a) or a for a in members if a is not type(None)]
     if str in allowed and key == "device" and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # `device: 0` in YAML is the GPU index 0
     if float in allowed and isinstance(value, int) and not isinstance(value, bool) and int not in allowed:
         value = float(value)
-    if not any(isinstance(value, a) and not (a is not bool and isinstance(value, bool)) for a in allowed):
+    if not any(isinstance(value, a) and not (a is not bool and isinstance(value, bool)) for a in allowed) or (
+            isinstance(value, list) and not all(isinstance(v, str) for v in value)):
         raise ParamsError(f"{source}: '{key}' must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
     lo, hi = meta.get("lo"), meta.get("hi")
     if (lo is not None and value < lo) or (hi is not None and value > hi):

@@ -20,6 +20,8 @@ predictions (`ImagePoses`, filled by `poseops.training.val_capture`):
   "predicted visible" (keypoint confidence ≥ 0.5); None for a model without keypoint confidences.
 - **Image OKS**: the mean OKS over an image's labels, a missed label counting 0 and every confident
   detection matched to no label adding one more 0; an image with neither labels nor detections scores 1.
+  A label without labeled keypoints (a box only) is not scored; a detection overlapping it (IoU ≥ 0.5)
+  is matched to it last and so is no false detection.
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ def match(img: ImagePoses, sigmas: np.ndarray, match_conf: float) -> list[tuple[
     if not len(preds) or not len(img.label_cls):
         return []
     sim = oks(img.label_kpts, label_area(img.label_boxes), img.pred_kpts[preds], sigmas)
+    # a label without labeled keypoints (a box only) takes an overlapping detection last, so it is no false one
+    keyless = ~(img.label_kpts[..., 2] > 0).any(1)
+    sim[keyless[:, None] & (box_iou(img.label_boxes, img.pred_boxes[preds]) < IGNORE_IOU)] = -1.0
     sim[img.label_cls[:, None] != img.pred_cls[preds][None, :]] = -1.0
     pairs: list[tuple[int, int, float]] = []
     for flat in np.argsort(-sim, axis=None, kind="stable"):
@@ -270,8 +275,9 @@ def evaluate_keypoints(images: list[ImagePoses], names: list[str], sigmas: list[
             if m.any() and (d[m] / size).max() > worst_err:
                 worst_err, worst = float((d[m] / size).max()), names[int(np.flatnonzero(m)[np.argmax(d[m])])]
         detections = int((img.pred_conf >= match_conf).sum())
-        n = len(img.label_cls) + detections - len(pairs)
-        image_oks = sum(p[2] for p in pairs) / n if n else 1.0
+        keyed = lab.any(1)  # labels without labeled keypoints are not scored (COCO ignores them too)
+        n = int(keyed.sum()) + detections - len(pairs)
+        image_oks = sum(p[2] for p in pairs if keyed[p[0]]) / n if n else 1.0
         scores.append(ImageScore(img.image, len(img.label_cls), detections, len(pairs), round(image_oks, 6), worst))
     keypoints = []
     for k, name in enumerate(names):

@@ -240,6 +240,10 @@ class PullParams:
     allow_unlabeled: bool = False
     data_root: str = "data"
     workers: int = _spec(8, lo=1)  # parallel image downloads
+    # Label checks (poseops.labelchecks): refuse the pull when more than this share of the labeled tasks is
+    # flagged (left/right swap, limb length, the model's disagreement); 1: never refuse.
+    max_flagged: float = _fraction(0.1)
+    check_model_url: str | None = _spec(None, check=check_url)  # a running poseops service to judge labels; empty: off
 
 
 @dataclass(frozen=True)
@@ -256,10 +260,6 @@ class AutolabelParams:
 
 
 @dataclass(frozen=True)
-    # Label checks (poseops.labelchecks): refuse the pull when more than this share of the labeled tasks is
-    # flagged (left/right swap, limb length, the model's disagreement); 1: never refuse.
-    max_flagged: float = _fraction(0.1)
-    check_model_url: str | None = _spec(None, check=check_url)  # a running poseops service to judge labels; empty: off
 class SchedulesParams:
     """`poseops serve-flows`: a cron string per deployment; empty = only when triggered."""
 

@@ -159,6 +159,17 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
+class NewHeadParams:
+    """The recipe of a training whose starting weights' keypoint head does not fit the skeleton (another keypoint
+    count or names: Ultralytics starts that head new), with `train.recipe: auto` (poseops.training.recipe)."""
+
+    optimizer: str = _spec("AdamW", choices=OPTIMIZERS)
+    lr0: float = _spec(0.002, lo=0.0, hi=1.0)
+    warmup_epochs: float = _spec(3.0, lo=0.0)
+    min_epochs: int = _spec(30, lo=1)  # fewer epochs: a warning (the head usually stays at pose mAP 0)
+
+
+@dataclass(frozen=True)
 class TrainParams:
     model: str = _spec("yolo11n-pose.pt", check=check_model)
     init_weights: str | None = _spec(None, check=check_init_weights)
@@ -178,6 +189,9 @@ class TrainParams:
     warmup_epochs: float = _spec(3.0, lo=0.0)
     cos_lr: bool = False
     resume: bool = True  # resume an interrupted run of the same params from its last.pt
+    # auto: a head that does not fit the skeleton trains with new_head's optimizer, lr0 and warm-up; params: as written
+    recipe: str = _spec("auto", choices=("auto", "params"))
+    new_head: NewHeadParams = _spec(NewHeadParams())
     augment: AugmentParams = _spec(AugmentParams())
 
 

@@ -68,6 +68,8 @@ def train_flow(root: str = ".", overrides: list[str] | None = None, use_dvc: boo
     overrides = list(overrides or [])
     params = load_params(Path(root) / "params.yaml", dict(map(parse_override, overrides)))  # fail before any work
     tracking.check_store()  # an unreachable or locked MLflow store too
+    for run_id in training.fail_orphaned_runs(tracking.client(), params.mlflow.experiment):
+        get_run_logger().warning("MLflow run %s, of a training killed or crashed earlier, is marked FAILED", run_id)
     resumed = asdict(training.interrupted_training(params, Path(root), mlc=tracking.client())) if resume else None
     if resumed:
         get_run_logger().info("resuming from %s after epoch %s (interrupted MLflow run %s)",

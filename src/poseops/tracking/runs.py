@@ -8,12 +8,17 @@ text, None skipped, batches, files and folders alike.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from poseops.tracking.store import experiment_id
+
+# The process that holds a run RUNNING, its machine and since when (a later process with its pid is another one).
+PID_TAG, HOST_TAG, SINCE_TAG = "poseops.pid", "poseops.host", "poseops.held_since"
 
 
 def text(value: Any) -> str:
@@ -23,10 +28,53 @@ def text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def process_tags() -> dict[str, str]:
+    """Tags naming this process as the one running a run (a dead one's runs are closed by the next training)."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), SINCE_TAG: f"{time.time():.3f}"}
+
+
 def start_run(mlc, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
-    """A new run in `experiment` (created when missing); returns its id."""
-    run = mlc.create_run(experiment_id(mlc, experiment), run_name=run_name, tags=dict(tags))
+    """A new run in `experiment` (created when missing), held by this process; returns its id."""
+    run = mlc.create_run(experiment_id(mlc, experiment), run_name=run_name, tags={**tags, **process_tags()})
     return run.info.run_id
+
+
+def reopen_run(mlc, run_id: str) -> None:
+    """Set a finished run RUNNING again to add to it, held by this process."""
+    mlc.update_run(run_id, status="RUNNING")
+    set_tags(mlc, run_id, process_tags())
+
+
+def orphaned_runs(mlc, experiment: str) -> list:
+    """The experiment's RUNNING runs held by a process of this machine that no longer exists (killed, crashed).
+
+    A pid that lives again but was started after the run was taken belongs to another process.
+    """
+    import psutil
+    from mlflow.exceptions import MlflowException
+
+    try:
+        exp = mlc.get_experiment_by_name(experiment)
+    except MlflowException:
+        return []
+    if exp is None:
+        return []
+    host = socket.gethostname().replace("'", "")
+    runs = mlc.search_runs([exp.experiment_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+                           max_results=1000)
+    dead = []
+    for run in runs:
+        pid = int(run.data.tags.get(PID_TAG, "0") or 0)
+        if not pid or pid == os.getpid():
+            continue
+        try:
+            since = float(run.data.tags.get(SINCE_TAG) or run.info.start_time / 1000)
+            alive = psutil.Process(pid).create_time() <= since + 1
+        except psutil.Error:
+            alive = False
+        if not alive:
+            dead.append(run)
+    return dead
 
 
 def log_params(mlc, run_id: str, params: Mapping[str, Any]) -> None:

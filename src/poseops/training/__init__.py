@@ -39,7 +39,7 @@ _EXPORTS = {
     "dataset": ("DatasetInfo", "SplitStats", "flip_warning", "prepare", "read_dataset_info", "redact",
                 "skeleton_fingerprint"),
     "init_weights": ("InitWeights", "find_weights", "resolve_init_weights"),
-    "resume": ("Resumable", "checkpoint_epochs", "interrupted_training", "settle_dead_run"),
+    "resume": ("Resumable", "checkpoint_epochs", "fail_orphaned_runs", "interrupted_training", "settle_dead_run"),
     "fit": ("TrainResult", "train"),
     "evaluation": ("Evaluation", "eval_key", "evaluate", "score_keypoints", "validate", "validate_poses",
                    "zero_pose_warning"),

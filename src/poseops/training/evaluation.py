@@ -17,7 +17,7 @@ import yaml
 from poseops.params import Params
 from poseops.skeleton import DEFAULT_SIGMA, load_skeleton
 from poseops.tracking.metrics import WARNING_TAG, ZERO_POSE_TAG, metric_name
-from poseops.tracking.runs import log_artifacts, log_metrics, set_tags
+from poseops.tracking.runs import log_artifacts, log_metrics, reopen_run, set_tags
 from poseops.tracking.store import client
 from poseops.training.dataset import DatasetInfo, read_dataset_info
 from poseops.training.gallery import GALLERY_HTML, task_links, write_gallery
@@ -150,7 +150,7 @@ def _metric_safe(name: str) -> str:
 
 def _log(mlc, result: Evaluation, lay: Layout) -> None:
     run_id, metrics = result.run_id, result.metrics
-    mlc.update_run(run_id, status="RUNNING")
+    reopen_run(mlc, run_id)
     log_metrics(mlc, run_id, {f"eval/{k}": v for k, v in metrics.items()} | keypoint_metrics(result.keypoints))
     set_tags(mlc, run_id, {"poseops.eval_key": result.eval_key, "poseops.eval_split": result.split})
     if warning := zero_pose_warning(metrics):

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,12 +20,21 @@ from poseops.params import Params
 from poseops.settings import load_settings
 from poseops.tracking.lineage import git_info
 from poseops.tracking.metrics import EpochLogger, read_epochs, write_epochs_csv
-from poseops.tracking.runs import last_logged_step, log_artifacts, log_dataset, log_params, set_tags, start_run
+from poseops.tracking.runs import (
+    last_logged_step,
+    log_artifacts,
+    log_dataset,
+    log_params,
+    reopen_run,
+    set_tags,
+    start_run,
+)
 from poseops.tracking.store import TrackingError, check_store, client, store_problem
 from poseops.training.dataset import DatasetInfo, read_dataset_info
 from poseops.training.init_weights import INIT_TAGS, resolve_init_weights
 from poseops.training.layout import Layout, TrainingError, read_state, resolved_data_yaml, write_state
-from poseops.training.resume import drop_epochs_after, fingerprint, resume_point, settle_dead_run
+from poseops.training.recipe import choose_recipe
+from poseops.training.resume import drop_epochs_after, fail_orphaned_runs, fingerprint, resume_point, settle_dead_run
 from poseops.training.yolo import configure_ultralytics, ultralytics_train_args
 from poseops.weights import check_checkpoint
 
@@ -76,8 +86,9 @@ def train(params: Params, root: Path = Path("."), layout: Layout = Layout(), mlc
     ctx = _Context(params, root, lay, dataset, fingerprint(params, dataset, prepared_yaml.read_text(encoding="utf-8")))
     out = lay.train
     state = settle_dead_run(mlc, out)
+    fail_orphaned_runs(mlc, params.mlflow.experiment)  # runs of killed trainings this folder no longer names
     if state.get("status") == "trained" and state.get("fingerprint") == ctx.fingerprint and (out / "weights" / "best.pt").is_file():
-        mlc.update_run(state["run_id"], status="RUNNING")
+        reopen_run(mlc, state["run_id"])
         return _log_trained(mlc, state["run_id"], out, lay, resumed=bool(state.get("resumed_from_run")))
     done, _ = resume_point(params, state, ctx.fingerprint, out / "weights" / "last.pt")
     start = _resume(mlc, ctx, state, done) if done is not None else _fresh(mlc, ctx)
@@ -112,10 +123,14 @@ def _fresh(mlc, ctx: _Context) -> _Start:
     init = resolve_init_weights(params, mlc, load_settings().home / "cache" / "init")
     run_name = params.mlflow.run_name or (f"{params.dataset.name}-{Path(init.path).stem}-"
                                           f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
-    run_id = _start_tracked_run(mlc, ctx, run_name, init.tags())
     check_checkpoint(init.path)  # weights only: initial weights that would run code are refused
+    recipe = choose_recipe(params, init.path, ctx.lay.prepared / "data.yaml")
+    print(f"recipe: {recipe.name}: {recipe.reason}", file=sys.stderr, flush=True)
+    if recipe.warning:
+        print(f"WARNING: {recipe.warning}", file=sys.stderr, flush=True)
+    run_id = _start_tracked_run(mlc, ctx, run_name, {**init.tags(), **recipe.tags()})
     data_yaml = resolved_data_yaml(ctx.lay.prepared / "data.yaml", out / "data.yaml")
-    kwargs = {**ultralytics_train_args(params), "data": str(data_yaml), "project": str(out.parent),
+    kwargs = {**ultralytics_train_args(params), **recipe.args, "data": str(data_yaml), "project": str(out.parent),
               "name": out.name, "exist_ok": True}
     return _Start(run_id, init.path, kwargs, init.tags())
 

@@ -18,7 +18,7 @@ from typing import Any
 from poseops.params import Params
 from poseops.processes import alive
 from poseops.tracking.metrics import read_epochs
-from poseops.tracking.runs import set_tags
+from poseops.tracking.runs import PID_TAG, last_logged_step, orphaned_runs, set_tags
 from poseops.tracking.store import client
 from poseops.training.dataset import DatasetInfo, read_dataset_info
 from poseops.training.layout import Layout, TrainingError, read_state, write_state
@@ -70,16 +70,33 @@ def settle_dead_run(mlc, train_dir: Path) -> dict[str, Any]:
     if pid and pid != os.getpid() and state.get("host") == socket.gethostname() and alive(pid):
         raise TrainingError(f"a training (pid {pid}) is still running in {train_dir}: wait for it to end, "
                             f"or stop it (kill {pid}) and run again")
-    epochs = len(read_epochs(train_dir / "results.csv"))
     if mlc.get_run(state["run_id"]).info.status == "RUNNING":
-        set_tags(mlc, state["run_id"], {
-            "poseops.interrupted": f"the training process (pid {pid}) ended after {epochs} epoch(s) without closing "
-                                   "this run: killed (SIGKILL, out of memory) or crashed; marked FAILED by the next "
-                                   f"training at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"})
-        mlc.set_terminated(state["run_id"], status="FAILED")
+        _mark_failed(mlc, state["run_id"], pid, len(read_epochs(train_dir / "results.csv")))
     state = {**state, "status": "interrupted"}
     write_state(train_dir, state)
     return state
+
+
+def _mark_failed(mlc, run_id: str, pid: Any, epochs: int) -> None:
+    set_tags(mlc, run_id, {
+        "poseops.interrupted": f"the training process (pid {pid}) ended after {epochs} epoch(s) without closing "
+                               "this run: killed (SIGKILL, out of memory) or crashed; marked FAILED by the next "
+                               f"training at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"})
+    mlc.set_terminated(run_id, status="FAILED")
+
+
+def fail_orphaned_runs(mlc, experiment: str) -> list[str]:
+    """Mark FAILED the experiment's runs still RUNNING whose process on this machine is gone; their ids.
+
+    The train folder's state file names the last run only, and `dvc exp run` puts back the folder
+    of the last finished training before it starts (a killed one's state is lost): each run names
+    the process holding it (`poseops.pid`, `poseops.host`), which is checked instead.
+    """
+    failed = []
+    for run in orphaned_runs(mlc, experiment):
+        _mark_failed(mlc, run.info.run_id, run.data.tags.get(PID_TAG), last_logged_step(mlc, run.info.run_id))
+        failed.append(run.info.run_id)
+    return failed
 
 
 def resume_point(params: Params, state: dict[str, Any], fingerprint: str, last: Path) -> tuple[int | None, str]:

@@ -20,6 +20,7 @@ Manager column to filter on), listed in the pull's artifact, and more of them th
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -361,14 +362,15 @@ def model_flags(skeleton: Skeleton, objects: Iterable[LabeledObject],
 
 def run_checks(skeleton: Skeleton, labeled: list[dict], images: Mapping[Any, Path],
                model_url: str | None = None) -> LabelChecks:
-    """Every check on a pull's labeled tasks (and the deployed model's opinion, with `model_url`)."""
+    """Every check on a pull's labeled tasks (and the deployed model's opinion, with `model_url`; its API key, when
+    it asks for one, from POSEOPS_API_KEY)."""
     objects = task_objects(skeleton, labeled, images)
     checks = check_labels(skeleton, objects)
     checks.checked_tasks = len(labeled)
     if model_url:
         from poseops.client import DetectClient
 
-        with DetectClient(model_url) as client:
+        with DetectClient(model_url, api_key=os.environ.get("POSEOPS_API_KEY")) as client:  # as `poseops detect`
             checks.flags += model_flags(skeleton, objects, lambda task_id: client.detect(images[task_id].read_bytes()))
         checks.flags.sort(key=lambda f: (str(f.task_id), f.object_index, f.check))
     return checks

@@ -60,7 +60,7 @@ def test_detections_have_the_api_shape(model):
 
 
 def test_box_x_y_is_the_top_left_corner(model):
-    result = model._yolo.predict(bgr(IMAGES[1]), conf=0.25, iou=0.45, imgsz=640, verbose=False)[0]
+    result = model._predict(bgr(IMAGES[1]), 0.25, 0.45)  # the Ultralytics result behind detect
     centres = result.boxes.xywh.numpy()
     for det, (cx, cy, w, h) in zip(model.detect(bgr(IMAGES[1])), centres, strict=True):
         assert det["x"] == pytest.approx(cx - w / 2, abs=0.02) and det["y"] == pytest.approx(cy - h / 2, abs=0.02)

@@ -7,7 +7,8 @@ calling process is touched:
     BENTOML_HOME=.poseops/bentoml python -m poseops.bento_build FILES_DIR [--runtime onnx]
 
 FILES_DIR holds what `poseops.deploy.fetch_version` downloaded from the MLflow registry
-(model.onnx, best.pt, skeleton.yaml, lineage.json). The model goes into the model store
+(best_openvino_model/, model.onnx, best.pt, skeleton.yaml, lineage.json; best_int8_openvino_model/ when one
+was registered). The model goes into the model store
 as `<registered name>:v<version>` with the lineage as its metadata; the Bento
 `poseops:<name>-v<version>-<id>` packs the service, the playground, that model and the
 project's wheel and pins, so `bentoml serve TAG` runs it here and `bentoml containerize
@@ -29,9 +30,10 @@ from pathlib import Path
 import yaml
 
 from poseops.paths import checkout_path
+from poseops.runtimes import RUNTIMES
 
 BENTO_NAME = "poseops"
-MODEL_FILES = ("model.onnx", "best.pt", "skeleton.yaml", "lineage.json")
+MODEL_FILES = ("best_openvino_model", "best_int8_openvino_model", "model.onnx", "best.pt", "skeleton.yaml", "lineage.json")
 DEPLOYED_MODEL_FILE = "deployed_model.json"  # read by bentos/service.py: the model store tag it serves
 KEEP_BENTOS = 3
 
@@ -57,7 +59,9 @@ def save_model(files: Path) -> str:
     metadata = {k: v for k, v in lineage.items() if isinstance(v, str | int | float) or v is None}
     with bentoml.models.create(tag, module="poseops", labels=labels, metadata=metadata) as model:
         for name in MODEL_FILES:
-            if (files / name).is_file():
+            if (files / name).is_dir():
+                shutil.copytree(files / name, Path(model.path) / name)
+            elif (files / name).is_file():
                 shutil.copy2(files / name, Path(model.path) / name)
     return tag
 
@@ -129,8 +133,8 @@ def prune_old_bentos(keep: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", type=Path, help="folder with model.onnx, best.pt, skeleton.yaml, lineage.json")
-    parser.add_argument("--runtime", default="onnx", choices=("onnx", "torch"))
+    parser.add_argument("files", type=Path, help="folder with best_openvino_model/, model.onnx, best.pt, skeleton.yaml, lineage.json")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES)
     args = parser.parse_args(argv)
     model_tag = save_model(args.files)
     print(build_bento(model_tag, args.runtime))

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from poseops import __version__
 from poseops.imageio import DEFAULT_MAX_PIXELS  # decoded size limit (decompression bombs)
-from poseops.inference import RUNTIMES, ModelError, PoseModel
+from poseops.inference import ModelError, PoseModel, load_model
+from poseops.runtimes import PRECISION_ENV, PRECISIONS, RUNTIME_ENV, RUNTIMES, RuntimeChoiceError, choose_runtime
 from poseops.skeleton import Skeleton, load_skeleton
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ LINEAGE_KEYS = ("model_name", "model_version", "mlflow_run_id", "dataset_dvc_has
 class ServiceConfig:
     weights: str = DEFAULT_WEIGHTS
     skeleton: Path = Path(DEFAULT_SKELETON)
-    runtime: str = "onnx"
+    runtime: str = "auto"  # the best for the CPU (OpenVINO) or as asked: openvino | onnx | torch (poseops.runtimes)
+    precision: str = "fp32"  # int8: a registered version's INT8 OpenVINO export
     imgsz: int | None = None  # None: the size the model was trained (.pt) or exported (.onnx) at
     api_keys: Path | None = None
     lineage: Path | None = None
@@ -49,7 +51,8 @@ class ServiceConfig:
     ENV = {
         "weights": "POSEOPS_WEIGHTS",
         "skeleton": "POSEOPS_SKELETON",
-        "runtime": "POSEOPS_RUNTIME",
+        "runtime": RUNTIME_ENV,
+        "precision": PRECISION_ENV,
         "imgsz": "POSEOPS_IMGSZ",
         "api_keys": "POSEOPS_API_KEYS",
         "lineage": "POSEOPS_LINEAGE",
@@ -74,13 +77,20 @@ class ServiceConfig:
                 values[name] = raw
         config = cls(**values)
         if config.runtime not in RUNTIMES:
-            raise ValueError(f"POSEOPS_RUNTIME={config.runtime!r}: use one of {', '.join(RUNTIMES)}")
+            raise ValueError(f"{RUNTIME_ENV}={config.runtime!r}: use one of {', '.join(RUNTIMES)}")
+        if config.precision not in PRECISIONS:
+            raise ValueError(f"{PRECISION_ENV}={config.precision!r}: use one of {', '.join(PRECISIONS)}")
         return config
 
     def with_model_files(self, folder: Path) -> ServiceConfig:
-        """This config serving a deployed model version's folder (model.onnx or best.pt, skeleton.yaml, lineage.json)."""
-        weights = folder / ("model.onnx" if self.runtime == "onnx" else "best.pt")
-        return replace(self, weights=str(weights), skeleton=folder / "skeleton.yaml", lineage=folder / "lineage.json")
+        """This config serving a deployed model version's folder (best_openvino_model/, model.onnx, best.pt, skeleton.yaml,
+        lineage.json): the best of its runtimes for the CPU, or the one asked for (`poseops.runtimes.choose_runtime`)."""
+        try:
+            choice = choose_runtime(folder, self.runtime, precision=self.precision)
+        except RuntimeChoiceError as e:
+            raise ModelError(str(e)) from None
+        return replace(self, weights=str(choice.path), runtime=choice.runtime, skeleton=folder / "skeleton.yaml",
+                       lineage=folder / "lineage.json")
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that make `from_env` give this config back."""
@@ -125,9 +135,9 @@ class Detector:
         self.skeleton: Skeleton = load_skeleton(config.skeleton)
         self.lineage = load_lineage(config.lineage)
         self.keys: KeyStore | None = KeyStore(config.api_keys) if config.api_keys else None
-        if not Path(resolve_weights(config.weights)).is_file():
+        if not Path(resolve_weights(config.weights)).exists():
             raise ModelError(
-                f"weights {config.weights!r} not found: set POSEOPS_WEIGHTS to a .pt or .onnx file "
+                f"weights {config.weights!r} not found: set POSEOPS_WEIGHTS to a .pt or .onnx file or an OpenVINO folder "
                 "(or POSEOPS_WEIGHTS_DIR to the folder holding it)"
             )
         self.model: PoseModel | None = None
@@ -139,7 +149,8 @@ class Detector:
 
     def load(self) -> None:
         try:
-            self.model = PoseModel(self.config.weights, self.skeleton, self.config.runtime, self.config.imgsz)
+            c = self.config
+            self.model = load_model(c.weights, self.skeleton, c.runtime, c.imgsz, c.precision)
             log.info("model ready: %s", self.model.info())
         except Exception as e:
             self.load_error = str(e)
@@ -192,7 +203,8 @@ class Detector:
                 "name": self.lineage.get("model_name") or Path(weights_name).stem,
                 "version": self.lineage.get("model_version"),
                 "weights": weights_name,
-                "runtime": self.config.runtime,
+                "runtime": self.config.runtime,  # until loaded: as configured (e.g. auto); then the one running
+                "precision": self.config.precision,
                 "imgsz": self.config.imgsz,
                 **model_info,
             },

@@ -1,4 +1,4 @@
-"""Running a YOLO-pose model on images: ONNX Runtime by default, PyTorch optional.
+"""Running a YOLO-pose model on images: OpenVINO on a CPU, ONNX Runtime or PyTorch (`poseops.runtimes`).
 
 `PoseModel` wraps Ultralytics' own predictor, so the pre-processing (letterbox),
 the non-maximum suppression and the rescaling to the original image are exactly
@@ -8,9 +8,10 @@ the same file, thresholds and `imgsz` give the same detections. (Measured on the
 was no faster than the predictor, whose overhead is a few ms against ~70-110 ms
 of network; see docs/api.md.)
 
-A `.pt` checkpoint run with the `onnx` runtime is exported once to a cached
-`.onnx` file (fixed input, the size the checkpoint was trained at) under `$POSEOPS_HOME/onnx/`, keyed by the
-checkpoint's sha256, so the weights folder is never written to.
+A `.pt` checkpoint run with the `onnx` or `openvino` runtime is exported once to a cached
+`.onnx` file or OpenVINO folder (fixed input, the size the checkpoint was trained at) under
+`$POSEOPS_HOME/onnx/` or `$POSEOPS_HOME/openvino/`, keyed by the checkpoint's sha256, so the weights
+folder is never written to. `load_model` picks the runtime as the service and autolabel do.
 
 Detections are plain dicts in the HTTP API's shape: `class`, `confidence`, `x`,
 `y` (top-left corner of the box), `width`, `height` in pixels of the image as
@@ -23,16 +24,26 @@ OpenCV, which turns the image the same way).
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poseops.convert import file_sha256
 from poseops.errors import PoseopsError
+from poseops.runtimes import (
+    InferRequest,
+    RuntimeChoiceError,
+    choose_runtime,
+    compiled_properties,
+    install_exact_openvino,
+    is_openvino_model,
+    openvino_compilation,
+)
 from poseops.settings import load_settings
 from poseops.skeleton import Skeleton
 from poseops.weights import UnsafeWeightsError, check_checkpoint, load_checkpoint, prepare_ultralytics, resolve_weights
@@ -42,9 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("onnx", "torch")
 DEFAULT_IMGSZ = 640
 KEYPOINT_DRAW_THRESHOLD = 0.5  # the keypoint confidence below which drawings leave a point out (as Ultralytics does)
+EXTRA_PREDICTORS = 1  # beyond OpenVINO's optimal requests: one image's pre/post-processing overlaps the others' inference
 
 
 class ModelError(PoseopsError, RuntimeError):
@@ -52,11 +63,18 @@ class ModelError(PoseopsError, RuntimeError):
 
 
 def model_imgsz(weights: Path) -> int:
-    """The input size a model was trained at (a `.pt`'s train args) or exported at (an `.onnx`'s metadata).
+    """The input size a model was trained at (a `.pt`'s train args) or exported at (an `.onnx`'s or OpenVINO folder's
+    metadata).
 
     Serving or predicting at another size than the model's own gives other detections, so
     every runtime uses this unless told otherwise; DEFAULT_IMGSZ when the file does not say.
     """
+    if is_openvino_model(weights):
+        import yaml
+
+        meta_file = (weights if weights.is_dir() else weights.parent) / "metadata.yaml"
+        size = (yaml.safe_load(meta_file.read_text()) or {}).get("imgsz", DEFAULT_IMGSZ) if meta_file.is_file() else DEFAULT_IMGSZ
+        return int(max(size) if isinstance(size, list | tuple) else size)
     if weights.suffix.lower() == ".onnx":
         import onnx
 
@@ -72,31 +90,39 @@ def model_imgsz(weights: Path) -> int:
 
 
 def export_onnx(weights: str | Path, imgsz: int = DEFAULT_IMGSZ, cache_dir: Path | None = None) -> Path:
-    """The ONNX export of a `.pt` checkpoint, made once and cached by content hash.
+    """The ONNX export of a `.pt` checkpoint, made once and cached by content hash (`export_cached`)."""
+    return export_cached(Path(weights), "onnx", imgsz, cache_dir)
 
-    Ultralytics writes its export beside the checkpoint, so the export runs on a copy
-    in a temporary folder of the cache; the result is moved into place atomically,
-    which makes concurrent first starts safe.
+
+def export_cached(weights: Path, runtime: str, imgsz: int = DEFAULT_IMGSZ, cache_dir: Path | None = None) -> Path:
+    """The ONNX file or OpenVINO folder of a `.pt` checkpoint, made once and cached by content hash.
+
+    ONNX exports go to `cache_dir` (default `$POSEOPS_HOME/onnx`), OpenVINO ones beside it (`../openvino`).
+    Ultralytics writes its export beside the checkpoint, so the export runs on a copy in a temporary
+    folder of the cache; the result is moved into place atomically, which makes concurrent first starts safe.
     """
-    weights = Path(weights)
-    cache_dir = (cache_dir or load_settings().home / "onnx").resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / f"{weights.stem}-{file_sha256(weights)[:16]}-{imgsz}.onnx"
-    if target.is_file():
+    onnx_dir = (cache_dir or load_settings().home / "onnx").resolve()
+    folder = onnx_dir if runtime == "onnx" else onnx_dir.parent / "openvino"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{weights.stem}-{file_sha256(weights)[:16]}-{imgsz}"
+    target = folder / (f"{stem}.onnx" if runtime == "onnx" else f"{stem}_openvino_model")
+    if target.exists():
         return target
     checked(weights)
-    log.info("exporting %s to ONNX (imgsz %d) into %s", weights, imgsz, cache_dir)
+    log.info("exporting %s to %s (imgsz %d) into %s", weights, runtime, imgsz, folder)
     prepare_ultralytics()
     from ultralytics import YOLO
 
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".export-") as tmp:
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
         copy = Path(tmp) / weights.name
         shutil.copyfile(weights, copy)
         try:
-            exported = YOLO(str(copy)).export(format="onnx", imgsz=imgsz, dynamic=False, verbose=False)
+            exported = YOLO(str(copy)).export(format=runtime, imgsz=imgsz, dynamic=False, verbose=False)
         except Exception as e:
-            raise ModelError(f"{weights}: the ONNX export failed ({e}); check the checkpoint or serve it with runtime 'torch'") from e
-        os.replace(exported, target)
+            raise ModelError(f"{weights}: the {runtime} export failed ({e}); check the checkpoint or serve it with "
+                             "runtime 'torch'") from e
+        with contextlib.suppress(OSError):  # another process finished the same export first: keep its copy
+            os.replace(exported, target)
     return target
 
 
@@ -109,57 +135,98 @@ def checked(weights: Path) -> Path:
     return weights
 
 
+def load_model(weights: str | Path, skeleton: Skeleton, runtime: str | None = None, imgsz: int | None = None,
+               precision: str = "fp32", cache_dir: Path | None = None) -> PoseModel:
+    """The model on the best runtime for this machine (`poseops.runtimes.choose_runtime`), as the service and
+    autolabel load it: `runtime` None means the POSEOPS_RUNTIME setting, else `auto` (OpenVINO on a CPU)."""
+    return PoseModel(weights, skeleton, runtime, imgsz, cache_dir, precision=precision)
+
+
+def _content_sha256(path: Path) -> str:
+    """The sha256 of a model file, or of an OpenVINO folder's weights (.bin)."""
+    if path.is_dir():
+        return file_sha256(next(path.glob("*.bin")))
+    return file_sha256(path.with_suffix(".bin") if path.suffix.lower() == ".xml" else path)
+
+
 class PoseModel:
     """One YOLO-pose model and the skeleton that names its keypoints.
 
-    Loading warms the predictor up once and checks that the model's classes and
-    keypoint count match the skeleton spec. `detect` is thread-safe (one prediction
-    at a time: Ultralytics' predictor keeps per-call state, and ONNX Runtime uses
-    every core for one image anyway).
+    Loading warms the predictor up once and checks that the model's classes and keypoint
+    count match the skeleton spec. `detect` is thread-safe. ONNX Runtime and PyTorch run one
+    image at a time (Ultralytics' predictor keeps per-call state, and they use every core for
+    one image anyway); OpenVINO runs in throughput mode, one inference stream per core or two,
+    with a predictor per infer request, so concurrent calls run side by side.
     """
 
     def __init__(
         self,
         weights: str | Path,
         skeleton: Skeleton,
-        runtime: str = "onnx",
+        runtime: str | None = "auto",  # None: the POSEOPS_RUNTIME setting, else auto
         imgsz: int | None = None,  # None: the model's own (`model_imgsz`)
         cache_dir: Path | None = None,
+        precision: str = "fp32",
     ) -> None:
-        if runtime not in RUNTIMES:
-            raise ModelError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
         self.skeleton = skeleton
-        self.runtime = runtime
         self.weights = Path(resolve_weights(weights))
-        if not self.weights.is_file():
+        if not self.weights.exists():
             raise ModelError(
-                f"weights {str(weights)!r} not found: pass the path of a .pt or .onnx file, "
+                f"weights {str(weights)!r} not found: pass the path of a .pt or .onnx file (or an OpenVINO folder), "
                 "or set POSEOPS_WEIGHTS_DIR to the folder that holds it"
             )
-        suffix = self.weights.suffix.lower()
-        if suffix not in (".pt", ".onnx"):
-            raise ModelError(f"{self.weights}: expected a .pt checkpoint or an .onnx export")
-        if runtime == "torch" and suffix != ".pt":
-            raise ModelError(f"{self.weights}: the torch runtime needs a .pt checkpoint; use runtime 'onnx' for .onnx files")
-        self.weights_sha256 = file_sha256(self.weights)
-        checked(self.weights)  # weights are data: a pickle that would run code is refused here
-        self.imgsz = imgsz = imgsz or model_imgsz(self.weights)
-        self.model_path = export_onnx(self.weights, imgsz, cache_dir) if runtime == "onnx" and suffix == ".pt" else self.weights
+        try:
+            choice = choose_runtime(self.weights, runtime, precision=precision)
+        except RuntimeChoiceError as e:
+            raise ModelError(str(e)) from None
+        self.runtime, self.precision, self.runtime_reason = choice.runtime, choice.precision, choice.reason
+        source = choice.path
+        self.weights_sha256 = _content_sha256(source)
+        checked(source)  # weights are data: a pickle that would run code is refused here
+        self.imgsz = imgsz = imgsz or model_imgsz(source)
+        exported = source.suffix.lower() == ".pt" and self.runtime != "torch"
+        self.model_path = export_cached(source, self.runtime, imgsz, cache_dir) if exported else source
 
         prepare_ultralytics()
+        if self.runtime == "openvino":
+            install_exact_openvino()
+        self._predictors: queue.Queue = queue.Queue()
+        self._ov_properties: dict[str, str] = {}
+        with openvino_compilation("THROUGHPUT") if self.runtime == "openvino" else contextlib.nullcontext():
+            first = self._new_predictor()
+            backend = first.predictor.model
+            self.model_names = [str(backend.names[i]) for i in sorted(backend.names)]
+            kpt_shape = list(getattr(backend, "kpt_shape", None) or [])
+            if not kpt_shape:
+                raise ModelError(f"{self.weights}: not a pose model (no kpt_shape); train or export a YOLO-pose model")
+            self._check_skeleton(kpt_shape)
+            self.keypoint_dims = int(kpt_shape[1])
+            self._start_pool(first)
+
+    def _new_predictor(self) -> Any:
+        """A YOLO object whose predictor is built and warmed up (one prediction on a blank image)."""
         import numpy as np
         from ultralytics import YOLO
 
-        self._lock = threading.Lock()
-        self._yolo = YOLO(str(self.model_path), task="pose")
-        self._predict(np.zeros((imgsz, imgsz, 3), dtype=np.uint8), 0.25, 0.45)  # builds the predictor
-        backend = self._yolo.predictor.model
-        self.model_names = [str(backend.names[i]) for i in sorted(backend.names)]
-        kpt_shape = list(getattr(backend, "kpt_shape", None) or [])
-        if not kpt_shape:
-            raise ModelError(f"{self.weights}: not a pose model (no kpt_shape); train or export a YOLO-pose model")
-        self._check_skeleton(kpt_shape)
-        self.keypoint_dims = int(kpt_shape[1])
+        yolo = YOLO(str(self.model_path), task="pose")
+        yolo.predict(np.zeros((self.imgsz, self.imgsz, 3), dtype=np.uint8), imgsz=self.imgsz, device="cpu", verbose=False)
+        return yolo
+
+    def _start_pool(self, first: Any) -> None:
+        """One predictor (ONNX Runtime, PyTorch), or, on OpenVINO, one per infer request of the model compiled once
+        in throughput mode (`poseops.runtimes.openvino_compilation`)."""
+        if self.runtime != "openvino":
+            self._predictors.put(first)
+            self.concurrency = 1
+            return
+        compiled = first.predictor.model.backend.ov_compiled_model
+        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        yolos = [first, *(self._new_predictor() for _ in range(requests - 1 + EXTRA_PREDICTORS))]
+        for yolo in yolos:
+            yolo.predictor.model.backend.ov_compiled_model = InferRequest(compiled)
+            self._predictors.put(yolo)
+        self.concurrency = len(yolos)
+        self._ov_properties = compiled_properties(compiled)
 
     def _check_skeleton(self, kpt_shape: list[int]) -> None:
         spec = self.skeleton
@@ -182,8 +249,11 @@ class PoseModel:
             )
 
     def _predict(self, image_bgr: np.ndarray, conf: float, iou: float) -> Any:
-        with self._lock:
-            return self._yolo.predict(image_bgr, conf=conf, iou=iou, imgsz=self.imgsz, device="cpu", verbose=False)[0]
+        yolo = self._predictors.get()  # waits for a free predictor
+        try:
+            return yolo.predict(image_bgr, conf=conf, iou=iou, imgsz=self.imgsz, device="cpu", verbose=False)[0]
+        finally:
+            self._predictors.put(yolo)
 
     def detect(self, image_bgr: np.ndarray, conf_thres: float = 0.25, iou_thres: float = 0.45) -> list[dict[str, Any]]:
         """Detections in one BGR image (as `cv2.imread` gives), best first."""
@@ -195,6 +265,10 @@ class PoseModel:
             "weights": self.weights.name,
             "weights_sha256": self.weights_sha256,
             "runtime": self.runtime,
+            "precision": self.precision,
+            "runtime_reason": self.runtime_reason,
+            "concurrency": self.concurrency,
+            **({"openvino": self._ov_properties} if self._ov_properties else {}),
             "model_file": self.model_path.name,
             "imgsz": self.imgsz,
             "classes": self.skeleton.class_names,

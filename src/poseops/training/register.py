@@ -1,4 +1,5 @@
-"""The export stage: export best.pt to ONNX, log the model files to the run and register them as a
+"""The export stage: export best.pt (ONNX, OpenVINO, ...: `export.formats`), check each export against best.pt on
+the val split (`poseops.training.exports`), log the model files that passed to the run and register them as a
 model version (all or nothing); the version is kept in the model folder for promotion."""
 
 from __future__ import annotations
@@ -15,25 +16,34 @@ from poseops.tracking.runs import log_artifacts, set_tags
 from poseops.tracking.store import client
 from poseops.training.dataset import DatasetInfo, read_dataset_info
 from poseops.training.evaluation import eval_key
+from poseops.training.exports import export_checked
 from poseops.training.layout import MODEL_ARTIFACTS, VERSION_FILE, Layout, TrainingError, finished_run_id, read_metrics
-from poseops.training.yolo import configure_ultralytics
 
 
 def export(params: Params, root: Path = Path("."), layout: Layout = Layout(), mlc=None) -> VersionRef:
-    """Export best.pt to ONNX, log the model files to the run and register them as a new model version."""
+    """Export best.pt to `export.formats`, check each export on the val split (`poseops.training.exports`), log the
+    model files that passed to the run and register them as a new model version."""
     root = root.resolve()
     lay = layout.under(root)
     run_id = finished_run_id(lay)
     mlc = mlc or client()
-    best = _export_onnx(params, lay)
-    dataset = read_dataset_info(lay)
-    files = [best, lay.model / "model.onnx", lay.prepared / "data.yaml", lay.prepared / "dataset.json", lay.metrics]
+    best = _fresh_model_folder(lay)
     mlc.update_run(run_id, status="RUNNING")
-    log_artifacts(mlc, run_id, files, artifact_path=MODEL_ARTIFACTS)
+    try:
+        checks = export_checked(params, lay, best, mlc, run_id)
+    except BaseException:
+        mlc.set_terminated(run_id, status="FAILED")
+        raise
+    dataset = read_dataset_info(lay)
+    files = [best, lay.prepared / "data.yaml", lay.prepared / "dataset.json", lay.metrics]
+    log_artifacts(mlc, run_id, [c.path for c in checks if c.path.is_file()] + files, artifact_path=MODEL_ARTIFACTS)
+    for folder in (c.path for c in checks if c.path.is_dir()):
+        log_artifacts(mlc, run_id, [folder], artifact_path=f"{MODEL_ARTIFACTS}/{folder.name}")
     skeleton = lay.model / "skeleton.yaml"
     shutil.copyfile(root / params.skeleton, skeleton)
     mlc.log_artifact(run_id, str(skeleton), MODEL_ARTIFACTS)
     tags = _version_tags(mlc, params, run_id, dataset, read_metrics(lay))
+    tags["runtimes"] = ",".join(f"{c.name}:{c.precision}" for c in checks)  # what the service may choose from
     ref = None
     try:
         ref = register_version(mlc, params.mlflow.registered_model, run_id, MODEL_ARTIFACTS, tags,
@@ -49,21 +59,14 @@ def export(params: Params, root: Path = Path("."), layout: Layout = Layout(), ml
     return ref
 
 
-def _export_onnx(params: Params, lay: Layout) -> Path:
-    """A fresh model folder with a copy of best.pt and its ONNX export (model.onnx); returns the copy."""
-    configure_ultralytics()
-    from ultralytics import YOLO
-
+def _fresh_model_folder(lay: Layout) -> Path:
+    """A fresh model folder with a copy of best.pt (exports are written beside the copy: the train folder, a DVC
+    output, stays untouched); returns the copy."""
     if lay.model.exists():
         shutil.rmtree(lay.model)
     lay.model.mkdir(parents=True)
-    best = lay.model / "best.pt"  # export beside a copy: the train folder (a DVC output) stays untouched
+    best = lay.model / "best.pt"
     shutil.copyfile(lay.train / "weights" / "best.pt", best)
-    x = params.export
-    precision = {"quantize": 16} if x.half else {}  # Ultralytics 8.4 replaced `half` by `quantize`
-    onnx = Path(YOLO(str(best)).export(format=x.format, imgsz=params.train.imgsz, opset=x.opset, simplify=x.simplify,
-                                       dynamic=x.dynamic, device=params.device, **precision))
-    onnx.rename(lay.model / "model.onnx")
     return best
 
 

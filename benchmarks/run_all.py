@@ -31,6 +31,7 @@ BENCHMARKS = [
     ("Autolabel: the flow's steady-state throughput vs the raw model", ["benchmarks.autolabel"]),
     ("Video ingestion: frames ingested per second vs decoding the same video alone", ["benchmarks.ingest_video"]),
     ("Training: the DVC pipeline vs Ultralytics called directly", ["benchmarks.train_overhead"]),
+    ("Evaluation: the evaluate stage (per-keypoint metrics, gallery) vs Ultralytics' val alone", ["benchmarks.evaluate"]),
     ("Fine-tuning on coco-mini-train, measured on coco8-pose val (photos from the pretraining set): "
      "Ultralytics' defaults (optimizer=auto)", ["benchmarks.finetune_coco_mini"]),
     ("Fine-tuning on coco-mini-train, measured on coco8-pose val (photos from the pretraining set): "

@@ -339,7 +339,7 @@ def autolabel(
 @user_errors
 def deploy(
     model: Annotated[str | None, typer.Option(help="Registered version: models:/NAME@ALIAS or models:/NAME/VERSION (default: the champion of params.yaml's registered model)")] = None,
-    runtime: Annotated[str, typer.Option(help="onnx (CPU, default) or torch")] = "onnx",
+    runtime: Annotated[str, typer.Option(help="auto (the best the version has for the CPU: openvino, else onnx), openvino, onnx or torch")] = "auto",
     params: Annotated[Path, typer.Option(help="params.yaml (mlflow.registered_model, promote.alias)")] = Path("params.yaml"),
 ) -> None:
     """Serve a registered model version (restarting the running service); a version that does not load changes nothing."""

@@ -172,10 +172,10 @@ def label_tasks(
 @functools.lru_cache(maxsize=2)
 def local_model(weights: str, skeleton_path: str):
     """The model in this process (one per worker process), loaded once."""
-    from poseops.inference import PoseModel
+    from poseops.inference import load_model
     from poseops.skeleton import load_skeleton
 
-    return PoseModel(weights, load_skeleton(skeleton_path))
+    return load_model(weights, load_skeleton(skeleton_path))  # the best runtime for the CPU, or POSEOPS_RUNTIME
 
 
 def detector(service_url: str | None, weights: str | None, skeleton_path: str,

@@ -25,7 +25,7 @@ from poseops.settings import child_env
 
 WeightsOpt = Annotated[str, typer.Option(help="a .pt checkpoint or .onnx export (bare names are looked up in POSEOPS_WEIGHTS_DIR)")]
 SkeletonOpt = Annotated[Path, typer.Option(help="the skeleton spec the model was trained with")]
-RuntimeOpt = Annotated[str, typer.Option(help="onnx (a .pt is exported once to a cached .onnx) or torch")]
+RuntimeOpt = Annotated[str, typer.Option(help="auto (the best for the CPU: openvino), openvino, onnx or torch; a .pt is exported once and cached")]
 ConfOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="confidence threshold")]
 IouOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="IoU threshold of non-maximum suppression")]
 
@@ -42,7 +42,7 @@ def serve(
     skeleton: SkeletonOpt = Path(DEFAULT_SKELETON),
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 3000,
-    runtime: RuntimeOpt = "onnx",
+    runtime: RuntimeOpt = "auto",
     imgsz: Annotated[int | None, typer.Option(help="model input size (default: the size the model was trained or exported at)")] = None,
     api_keys: Annotated[Path | None, typer.Option(help="keys file (see `poseops api-key`); requests then need a key")] = None,
     lineage: Annotated[Path | None, typer.Option(help="lineage JSON written by the deploy step")] = None,

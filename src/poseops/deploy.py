@@ -155,7 +155,7 @@ def service_server(settings: Settings, config=None, bento: str | None = None) ->
                          command, env, hint="If the port is taken, set POSEOPS_SERVICE_URL to another port.")
 
 
-def deploy(settings: Settings, model_uri: str, runtime: str = "onnx", timeout: float = 300.0) -> Deployment:
+def deploy(settings: Settings, model_uri: str, runtime: str = "auto", timeout: float = 300.0) -> Deployment:
     """Serve the registered version `model_uri` (e.g. models:/poseops-pose@champion), replacing the running one."""
     from poseops.detector import ServiceConfig
 

@@ -20,7 +20,7 @@ from poseops.settings import load_settings
 
 
 @flow(name="deploy")
-def deploy(model_uri: str | None = None, runtime: str = "onnx", params_file: str = "params.yaml") -> dict:
+def deploy(model_uri: str | None = None, runtime: str = "auto", params_file: str = "params.yaml") -> dict:
     model_uri = model_uri or load_params(params_file, missing_ok=True).champion_uri
     done = deploy_version(load_settings(), model_uri, runtime)
     get_run_logger().info("serving %s at %s", done.model_ref, done.url)

@@ -145,3 +145,39 @@ def test_dataset_upload_points_a_video_to_add_video(label_studio, workspace):
         report = upload_images(client, label_studio, name, [VIDEO])
     ((path, why),) = report.unreadable
     assert path == VIDEO and "poseops dataset add-video NAME VIDEO" in why and report.uploaded == []
+
+
+@integration
+def test_with_a_model_the_new_frames_get_its_predictions_too(prefect_api, workspace, label_studio, tmp_path):
+    """A 'video' of people (coco8-pose's photos, each held for five frames): the person model pre-labels its frames."""
+    from poseops.autolabel import model_version_of
+    from poseops.flows.add_video import add_video
+
+    photos = sorted((SHARED / "datasets" / "coco8-pose" / "images").rglob("*.jpg"))
+    video = tmp_path / "people.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (640, 480))
+    for photo in photos:
+        picture = cv2.resize(cv2.imread(str(photo)), (640, 480))
+        for _ in range(5):
+            writer.write(picture)
+    writer.release()
+    name = f"video-{uuid.uuid4().hex[:8]}"
+    with LabelStudioClient(label_studio) as client:
+        project, _ = create_dataset(client, label_studio, name, PERSON_SPEC)
+    summary = add_video(dataset=name, videos=[str(video)], frames=4, weights="yolo11n-pose.pt")
+    (result,) = summary["videos"]
+    assert result["decoded"] == 5 * len(photos) and result["duplicates"] >= 3 * len(photos)  # held frames: once
+    assert len(result["added"]) == 4
+    assert result["predicted"] == 4 and not result["warnings"]
+    version = model_version_of(None, "yolo11n-pose.pt")
+    with LabelStudioClient(label_studio) as client:
+        tasks = list(client.iter_tasks(project.id))
+        shown = client.json("GET", f"/api/projects/{project.id}")["model_version"]
+    assert len(tasks) == 4 and shown == version
+    found = 0
+    for task in tasks:
+        versions = sorted(p["model_version"] for p in task["predictions"])
+        assert versions == sorted([TEMPLATE_VERSION, version])
+        model = next(p for p in task["predictions"] if p["model_version"] == version)
+        found += sum(1 for r in model["result"] if r["type"] == "keypointlabels")
+    assert found > 0  # the people in the photos were found: keypoints placed

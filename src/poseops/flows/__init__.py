@@ -4,6 +4,7 @@
     train         DVC pipeline → MLflow run → registry → promotion      (steps: poseops.training)
     deploy        registered version → BentoML store → Bento → service  (steps: poseops.deploy)
     autolabel     the model pre-labels the tasks nobody labeled         (steps: poseops.autolabel)
+    add_video     videos → diverse frames as pre-labeled tasks          (steps: poseops.frames, poseops.video_ingest)
     loop          pull → train → promote → deploy → autolabel
     serve         every flow as a deployment with its schedule
 

@@ -35,7 +35,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of .jpg images (searched recursively)")
     parser.add_argument("--weights", default="yolo11n-pose.pt")
     parser.add_argument("--skeleton", type=Path, default=PERSON_SPEC)
-    parser.add_argument("--runtime", default="onnx", choices=["onnx", "torch"])
+    parser.add_argument("--runtime", default="auto", choices=["auto", "openvino", "onnx", "torch"],
+                        help="auto: as the service picks (OpenVINO on a CPU)")
 
 
 def model_images(args: argparse.Namespace) -> list[Path]:
@@ -45,12 +46,12 @@ def model_images(args: argparse.Namespace) -> list[Path]:
     return images
 
 
-def load_raw(args: argparse.Namespace):
-    """The model in this process, as the service loads it."""
-    from poseops.inference import PoseModel
+def load_raw(args: argparse.Namespace, runtime: str | None = None):
+    """The model in this process, as the service loads it (on `runtime` instead of --runtime when given)."""
+    from poseops.inference import load_model
     from poseops.skeleton import load_skeleton
 
-    return PoseModel(args.weights, load_skeleton(args.skeleton), args.runtime)
+    return load_model(args.weights, load_skeleton(args.skeleton), runtime or args.runtime)
 
 
 @contextmanager

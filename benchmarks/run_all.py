@@ -26,6 +26,7 @@ BENCHMARKS = [
     ("Import: 1,000 labeled images (COCO) vs uploading them unlabeled, time and Label Studio requests",
      ["benchmarks.import_labels"]),
     ("Serving: the service vs raw in-process inference", ["benchmarks.serve"]),
+    ("Runtimes: OpenVINO vs ONNX Runtime, INT8 vs f32", ["benchmarks.runtimes"]),
     ("Load: 4 clients for 60 s against the service", ["benchmarks.load"]),
     ("Video: poseops predict with tracking vs the raw model on the same frames", ["benchmarks.predict_video"]),
     ("Autolabel: the flow's steady-state throughput vs the raw model", ["benchmarks.autolabel"]),

@@ -1,14 +1,17 @@
-"""Serving overhead: the model in-process versus the BentoML service, on the same images in one run.
+"""Serving: the BentoML service against the model in-process, on the same images in one run.
 
-    .venv/bin/python -m benchmarks.serve [--rounds 2] [--runtime onnx] [--out FILE.json]
+    .venv/bin/python -m benchmarks.serve [--rounds 2] [--runtime auto] [--out FILE.json]
 
-Measures three phases, one after the other (never at the same time, so they do not share the CPU):
-1. raw: `PoseModel.detect` in this process on decoded images (latency per image, throughput);
-2. the service (`poseops serve`, i.e. `bentoml serve`, on 127.0.0.1) with 1 client, then
-3. with 4 concurrent clients, each posting the image files to POST /detect (decode, HTTP and JSON included).
-The three phases are repeated `--cycles` times, interleaved, so that load from other work on a
-shared machine spreads over all of them; each phase's figures pool its cycles.
-Prints p50/p99 latencies, throughputs and the ratios service@4 / raw and p50(1 client) - p50(raw).
+Measures four phases, one after the other (never at the same time, so they do not share the CPU):
+1. raw: the service's runtime (`--runtime`, auto: OpenVINO on a CPU) in this process, `detect` on decoded
+   images one after the other (latency per image, throughput);
+2. raw_onnx: the same with ONNX Runtime, one after the other: the baseline the service is held to;
+3. the service (`poseops serve`, i.e. `bentoml serve`, on 127.0.0.1) with 1 client, then
+4. with 4 concurrent clients, each posting the image files to POST /detect (decode, HTTP and JSON included).
+The phases are repeated `--cycles` times, interleaved, so that load from other work on a shared machine
+spreads over all of them; each phase's figures pool its cycles. Prints p50/p99 latencies, throughputs and
+the ratios service@4 / raw ONNX Runtime sequential (target >= 1.5), service@4 / raw and
+p50(1 client) - p50(raw, same runtime) (target <= 10 ms).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS, add_model_arguments, load_raw, model_images, prepare, service
 from poseops.loadtest import percentile, run_load
 
-PHASES = ("raw", "service_1_client", "service_4_clients")
+PHASES = ("raw", "raw_onnx", "service_1_client", "service_4_clients")
 
 
 def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
@@ -71,9 +74,12 @@ def main() -> None:
     results: dict[str, object] = {"images": len(images), "rounds": args.rounds, "cycles": args.cycles,
                                   "runtime": args.runtime, "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()[0]}  # fmt: skip
     model = load_raw(args)
+    baseline = load_raw(args, "onnx")
+    results["runtime"] = model.runtime
     decoded = [cv2.imread(str(p)) for p in images]
     for image in decoded[:2]:
         model.detect(image)
+        baseline.detect(image)
     latencies: dict[str, list[float]] = {name: [] for name in PHASES}
     walls = dict.fromkeys(PHASES, 0.0)
     with service(args) as server:
@@ -82,6 +88,7 @@ def main() -> None:
         for _ in range(args.cycles):
             for name, (seen, wall) in (
                 ("raw", bench_raw(model, decoded, args.rounds)),
+                ("raw_onnx", bench_raw(baseline, decoded, args.rounds)),
                 ("service_1_client", bench_service(url, images, 1, n)),
                 ("service_4_clients", bench_service(url, images, 4, n // 2)),
             ):
@@ -91,12 +98,15 @@ def main() -> None:
         results[name] = summary(latencies[name], walls[name])
     results["loadavg_after"] = os.getloadavg()[0]
     raw, one, four = results["raw"], results["service_1_client"], results["service_4_clients"]
+    onnx = results["raw_onnx"]
     results["ratios"] = {
+        "service4_throughput_over_raw_onnx": round(four["throughput_per_s"] / onnx["throughput_per_s"], 3),  # type: ignore[index]
         "service4_throughput_over_raw": round(four["throughput_per_s"] / raw["throughput_per_s"], 3),  # type: ignore[index]
         "service1_throughput_over_raw": round(one["throughput_per_s"] / raw["throughput_per_s"], 3),  # type: ignore[index]
         "p50_service1_minus_raw_ms": round(one["p50_ms"] - raw["p50_ms"], 1),  # type: ignore[index]
     }
     print(RESULTS)
+    print(f"service and raw on {results['runtime']}; raw_onnx: ONNX Runtime one image after the other (the baseline)")
     print(f"{'phase':<20}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'img/s':>8}")
     for name in PHASES:
         r = results[name]

@@ -63,15 +63,17 @@ def assert_still_serving(service: RunningService) -> None:
 
 @pytest.fixture(scope="module")
 def ultralytics_yolo(detect_service: RunningService, tmp_path_factory):
-    """Ultralytics' own YOLO on the very ONNX file the service exported and runs."""
-    from poseops.weights import prepare_ultralytics
+    """Ultralytics' own YOLO on the ONNX export of the weights the service runs on OpenVINO (in f32: the same answers)."""
+    from poseops.inference import export_onnx
+    from poseops.weights import prepare_ultralytics, resolve_weights
 
     prepare_ultralytics(tmp_path_factory.mktemp("ultralytics"))
     from ultralytics import YOLO
 
-    exported = list((detect_service.home / "onnx").glob("*.onnx"))
-    assert len(exported) == 1, exported
-    return YOLO(str(exported[0]), task="pose")
+    served = list((detect_service.home / "openvino").glob("*_openvino_model"))
+    assert len(served) == 1, served  # the service exported the .pt to OpenVINO, its runtime on a CPU
+    exported = export_onnx(resolve_weights("yolo11n-pose.pt"), 640, tmp_path_factory.mktemp("onnx"))
+    return YOLO(str(exported), task="pose")
 
 
 def assert_same_detections(served: list[dict], result, names: list[str]) -> None:
@@ -152,7 +154,8 @@ def test_metadata_tells_the_lineage_and_skeleton(detect_service: RunningService)
     assert meta["ready"] is True
     assert meta["lineage"] == detect_service.lineage
     assert meta["model"]["name"] == "person-pose" and meta["model"]["version"] == "3"
-    assert meta["model"]["runtime"] == "onnx" and meta["model"]["imgsz"] == 640
+    assert meta["model"]["runtime"] == "openvino" and meta["model"]["precision"] == "fp32" and meta["model"]["imgsz"] == 640
+    assert meta["model"]["openvino"]["inference_precision_hint"] == "f32"  # never bfloat16
     assert meta["model"]["weights_sha256"].startswith("869e83fc")
     assert meta["skeleton"] == load_skeleton(PERSON_SPEC).to_dict()
     assert meta["api"]["auth_required"] is True

@@ -127,9 +127,12 @@ def test_coco_and_yolo_labels_import_and_pull_exactly(prefect_api, workspace, la
                    "--images", str(COCO_JSON.parent.parent / "images"))
     assert coco.returncode == 0, coco.stderr
     assert "(12 new tasks, 0 existing tasks annotated)" in coco.stdout and "skipped: " in coco.stdout
+    # coco8's train images are in the dataset already, unlabeled: their tasks get the labels, nothing is duplicated
+    uploaded = poseops("dataset", "upload", name, str(COCO8 / "images" / "train"))
+    assert uploaded.returncode == 0 and "uploaded 4," in uploaded.stdout, uploaded.stderr
     yolo = poseops("dataset", "import", name, "--format", "yolo", str(data_yaml))
     assert yolo.returncode == 0, yolo.stderr
-    assert "(8 new tasks, 0 existing tasks annotated): 21 objects" in yolo.stdout
+    assert "(4 new tasks, 4 existing tasks annotated): 21 objects" in yolo.stdout
     again = poseops("dataset", "import", name, "--format", "yolo", str(data_yaml))
     assert "(0 new tasks, 0 existing tasks annotated)" in again.stdout and "already there with labels: 8" in again.stdout
 
@@ -149,3 +152,31 @@ def test_coco_and_yolo_labels_import_and_pull_exactly(prefect_api, workspace, la
             assert [v for *_, v in have.keypoints] == [v for *_, v in pose.keypoints]
             assert [c for kp in have.keypoints for c in kp] == pytest.approx([c for kp in pose.keypoints for c in kp],
                                                                              abs=1e-6)
+
+
+def test_each_animal_of_a_multi_animal_project_stays_one_object_through_label_studio(prefect_api, workspace,
+                                                                                     label_studio, tmp_path):
+    from test_import import multi_animal_project
+
+    spec = tmp_path / "reaching.yaml"
+    spec.write_text(REACHING_SPEC.read_text())
+    name = f"madlc-{uuid.uuid4().hex[:8]}"
+    with LabelStudioClient(label_studio) as client:
+        project, _ = create_dataset(client, label_studio, name, spec)
+    project_dir = multi_animal_project(tmp_path / "project")
+    refused = poseops("dataset", "import", name, "--format", "dlc", str(project_dir))
+    assert refused.returncode == 1 and "Not in the skeleton: lamp" in refused.stderr and "Traceback" not in refused.stderr
+    done = poseops("dataset", "import", name, "--format", "dlc", str(project_dir), "--map", "lamp=")
+    assert done.returncode == 0, done.stderr
+    assert "imported 2 image(s)" in done.stdout and "3 objects, 9 keypoints" in done.stdout
+    assert "skipped: 1 points_left_out" in done.stdout and "(points_left_out) img005.png" in done.stderr
+    # what Label Studio stores and gives back ties each animal's points together: the pull's reader sees 2 + 1 animals
+    from poseops.convert import results_to_poses
+
+    animals = {}
+    with LabelStudioClient(label_studio) as client:
+        for task in client.iter_tasks(project.id):
+            poses, problems = results_to_poses(load_skeleton(spec), task["annotations"][0]["result"], task["id"])
+            assert problems == []
+            animals[task["data"]["source"]] = sorted(sum(v > 0 for *_, v in pose.keypoints) for pose in poses)
+    assert animals == {"img005.png": [2, 4], "img020.png": [3]}

@@ -348,10 +348,12 @@ class _Upload:
     def finish(self) -> UploadReport:
         report = self.report
         report.duplicates = [(path, self.seen[sha]) for path, sha in self.duplicates]
-        if self.labels is not None:  # labels for images already there: annotate the tasks nobody annotated yet
-            for path, task_id in report.duplicates:
-                if path in self.labels and not self.client.get_task(task_id).get("annotations"):
-                    self.client.create_annotation(task_id, self.labels[path])
+        labeled = [(path, task_id) for path, task_id in report.duplicates if path in (self.labels or {})]
+        if labeled:  # labels for images already there: annotate the tasks nobody annotated yet
+            annotated = annotated_task_ids(self.client, self.project.id)  # one listing, not a request per image
+            for path, task_id in labeled:
+                if task_id not in annotated:
+                    self.client.create_annotation(task_id, self.labels[path])  # type: ignore[index]
                     report.annotated.append((path, task_id))
         if self.sizes:
             report.repaired = repair_template_prelabels(self.client, self.project.id, self.skeleton, self.record,
@@ -359,6 +361,12 @@ class _Upload:
         if report.uploaded:
             show_predictions_of(self.client, self.project.id, TEMPLATE_VERSION, only_if_unset=True)
         return report
+
+
+def annotated_task_ids(client: LabelStudioClient, project_id: int) -> set[int]:
+    """The ids of the project's tasks with any annotation (submitted or skipped)."""
+    return {t["id"] for t in client.iter_tasks(project_id, fields="task_only")
+            if (t.get("total_annotations") or 0) + (t.get("cancelled_annotations") or 0) > 0}
 
 
 def repair_template_prelabels(client: LabelStudioClient, project_id: int, skeleton: Skeleton, record: DatasetRecord,

@@ -66,3 +66,16 @@ def test_tasks_carry_one_annotation_per_image():
         (annotation,) = task["annotations"]
         boxes = [r for r in annotation["result"] if r["type"] == "rectanglelabels"]
         assert len(boxes) == len(image.poses) and annotation["was_cancelled"] is False
+
+
+def test_yolo_lines_are_read_by_kpt_shape():
+    three = "0 0.5 0.5 0.2 0.2 0.1 0.1 2 0.2 0.2 1 0.3 0.3 0\n"
+    with pytest.raises(coco.DatasetError, match=r"x.txt:1: expected 'cls cx cy w h' and 3 keypoints of 2 values "
+                                                r"\(kpt_shape \[3, 2\]\): 11 numbers, got 14"):
+        coco.parse_yolo_pose_labels(three, ["a"], "x.txt", kpt_shape=(3, 2))
+    assert coco.parse_yolo_pose_labels(three, ["a"], kpt_shape=(3, 3))[0].keypoints == \
+        ((0.1, 0.1, 2), (0.2, 0.2, 1), (0.0, 0.0, 0))
+    (two,) = coco.parse_yolo_pose_labels("0 0.5 0.5 0.2 0.2 0.1 0.1 0.2 0.2 0.3 0.3\n", ["a"], kpt_shape=(3, 2))
+    assert two.keypoints == ((0.1, 0.1, 2), (0.2, 0.2, 2), (0.3, 0.3, 2))
+    with pytest.raises(coco.DatasetError, match="visibility 3"):
+        coco.parse_yolo_pose_labels("0 0.5 0.5 0.2 0.2 0.1 0.1 3\n", ["a"])

@@ -237,3 +237,20 @@ def test_coco_import_pull_and_export_give_the_original_keypoints_back(prefect_ap
             assert np.abs((g[:, :2] - w[:, :2]) / scale).max() <= TOL
             compared += 1
     assert compared == 86
+
+
+def test_an_unreadable_image_leaves_the_yolo_dataset_and_says_why_there_is_no_coco_file(tmp_path):
+    image = tmp_path / "images" / "a.jpg"
+    image.parent.mkdir()
+    image.write_bytes(b"not really a jpeg")  # the converter copies bytes; only the COCO export reads the size
+    task = {"id": 1, "data": {"image": "a.jpg"}, "annotations": [{"id": 1, "result": []}]}
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([task]))
+    out = tmp_path / "ds"
+    r = subprocess.run([sys.executable, "-m", "poseops.cli", "convert", str(export), "--skeleton", str(PERSON_SPEC),
+                        "--images", str(image.parent), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    assert "no COCO keypoints files written" in err and "cannot read the image's size" in err
+    assert "(YOLO-pose only)" in r.stdout and len(list(out.glob("labels/*/*.txt"))) == 1
+    assert not list(out.glob("annotations/*"))  # nothing half written

@@ -259,7 +259,7 @@ def convert(
     val_fraction: Annotated[float, typer.Option(help="Share of images for validation (by content hash)")] = 0.2,
 ) -> None:
     """Convert a Label Studio export into a YOLO-pose dataset (labels, images, data.yaml)."""
-    from poseops.conversion.coco_export import write_coco_export
+    from poseops.conversion.coco_export import CocoExportError, write_coco_export
     from poseops.convert import convert_export, load_export, match_images
 
     tasks = load_export(export)
@@ -275,7 +275,12 @@ def convert(
         report = convert_export(labeled, spec, paths, out, val_fraction=val_fraction)
     except (FileExistsError, NotADirectoryError) as e:
         raise fail(str(e)) from None
-    write_coco_export(spec, out)  # the same labels as COCO keypoints JSON: out/annotations/
+    formats = "YOLO-pose, and COCO keypoints in annotations/"
+    try:  # the same labels as COCO keypoints JSON
+        write_coco_export(spec, out)
+    except CocoExportError as e:
+        formats = "YOLO-pose only"
+        err_console.print(f"[yellow]warning:[/] no COCO keypoints files written: {escape(str(e))}", highlight=False)
     if missing:
         err_console.print(f"[yellow]warning:[/] no image in {escape(str(images))} for {len(missing)} task(s): "
                           f"{', '.join(map(str, missing[:20]))}{' ...' if len(missing) > 20 else ''}", highlight=False)
@@ -283,7 +288,7 @@ def convert(
         err_console.print(f"[yellow]{problem.kind}[/] task {problem.task_id}: {escape(problem.message)}", highlight=False)
     d = report.to_dict()
     console.print(f"wrote {out}: {d['images']['train']} train / {d['images']['val']} val images, {d['objects']} objects, "
-                  f"{d['keypoints']} keypoints (YOLO-pose, and COCO keypoints in annotations/); "
+                  f"{d['keypoints']} keypoints ({formats}); "
                   f"{len(report.problems)} problems, {len(report.skipped_tasks)} tasks skipped")
 
 

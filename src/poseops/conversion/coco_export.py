@@ -130,18 +130,20 @@ def write_coco_export(skeleton: Skeleton, dataset_dir: str | Path) -> CocoExport
     """Write `annotations/person_keypoints_<split>.json` for each split of a YOLO-pose dataset folder.
 
     Reads the folder's images and label files (as the pull and `poseops convert` wrote them);
-    an existing `annotations/` folder's files of the same names are replaced.
+    an existing `annotations/` folder's files of the same names are replaced. Every split is read
+    before anything is written: a CocoExportError (an image whose size cannot be read, labels
+    that do not fit the spec) leaves no file half written.
     """
     root = Path(dataset_dir)
+    docs = {split: coco_document(skeleton, root, split) for split in SPLITS}
     (root / COCO_DIR).mkdir(exist_ok=True)
-    files, images, annotations, keypoints = {}, {}, {}, {}
-    for split in SPLITS:
-        doc = coco_document(skeleton, root, split)
-        path = coco_file(root, split)
-        path.write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
-        files[split], images[split], annotations[split] = path, len(doc["images"]), len(doc["annotations"])
-        keypoints[split] = sum(a["num_keypoints"] for a in doc["annotations"])
-    return CocoExport(files, images, annotations, keypoints)
+    files = {}
+    for split, doc in docs.items():
+        files[split] = coco_file(root, split)
+        files[split].write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
+    return CocoExport(files, {s: len(d["images"]) for s, d in docs.items()},
+                      {s: len(d["annotations"]) for s, d in docs.items()},
+                      {s: sum(a["num_keypoints"] for a in d["annotations"]) for s, d in docs.items()})
 
 
 def _px(value: float) -> float:
@@ -155,4 +157,5 @@ def _shown_size(path: Path) -> tuple[int, int]:
     try:
         return image_size(path)
     except (OSError, ValueError) as e:
-        raise CocoExportError(f"{path}: cannot read the image's size ({e})") from None
+        raise CocoExportError(f"{path}: cannot read the image's size ({e}); replace it with a readable image "
+                              "(or leave its task out) and convert again") from None

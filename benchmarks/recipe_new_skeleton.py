@@ -99,6 +99,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         m = YOLO(str(work / name / "weights" / "last.pt")).val(project=str(work), name=f"{name}-val", **common)
         results.append((label, m.pose.map50, m.pose.map, m.box.map, seconds))
+        print(f"measured: {label}: pose mAP50 {m.pose.map50:.3f}, mAP50-95 {m.pose.map:.3f}", flush=True)
     print(RESULTS)
     n_val = len(list((work / "dataset" / "images" / "val").iterdir()))
     n_train = len(list((work / "dataset" / "images" / "train").iterdir()))

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from test_training import GENTLE, make_project
 
 from poseops import tracking, training
@@ -72,14 +73,21 @@ def assert_failed(mlc, run_id: str) -> None:
 
 @integration
 def test_a_killed_training_is_failed_by_the_next_one_with_other_params(tmp_path, env):
+    """`dvc exp run` (`poseops train -S`) first puts back the train folder DVC recorded last, which names the
+    finished training, not the killed one: the killed run is still found, by the process it names."""
     root = make_project(tmp_path / "p", overrides={**GENTLE, "train.epochs": 3, "train.plots": False})
     mlc = tracking.client(env["MLFLOW_TRACKING_URI"])
-    done = poseops_train(root, env)  # a finished version in DVC's cache first, as in a project that has trained
+    done = poseops_train(root, env)  # a finished training recorded by DVC first, as in a project that has trained
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    killed = kill_after_first_epoch(root, env, mlc, "-S", "train.epochs=4")
+    params = root / "params.yaml"
+    doc = yaml.safe_load(params.read_text())
+    doc["train"]["epochs"] = 4  # other params: `dvc repro` trains again
+    params.write_text(yaml.safe_dump(doc, sort_keys=False))
+    killed = kill_after_first_epoch(root, env, mlc)
     after = poseops_train(root, env, "-S", "train.epochs=2")
     assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
     assert_failed(mlc, killed)
+    assert f"MLflow run {killed}, of a training killed or crashed earlier, is marked FAILED" in after.stdout + after.stderr
 
 
 @integration

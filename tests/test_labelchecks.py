@@ -280,4 +280,52 @@ def test_wrong_labels_are_tagged_in_label_studio_listed_and_refuse_the_pull_over
     assert checks["counts"] == {CHECK_SWAP: 2, CHECK_LIMB: 1}
     assert checks["checked_tasks"] == labeled
     assert (workspace / "data" / name / "manifest.json").is_file()
-    assert any(f"data?task={i}" in result["report"] for i in flagged_ids) if "report" in result else True
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from poseops.reports import artifact_key
+
+    artifact = httpx.get(f"{PREFECT_API_URL.value()}/artifacts/{artifact_key('pull', name)}/latest").json()
+    assert "Label checks: 3 of" in artifact["data"]
+    assert all(f"data?task={i})" in artifact["data"] for i in flagged_ids)
+
+
+@integration
+def test_labels_the_deployed_model_places_elsewhere_are_flagged(prefect_api, workspace, label_studio, detect_service,
+                                                               monkeypatch):
+    """The real service (yolo11n-pose) on coco-mini-train with one person's keypoints all moved a third of their box
+    sideways: limbs and sides stay plausible, so only the model's disagreement can catch it."""
+    from test_pull import make_project, run_pull
+
+    images = coco_mini()
+    objects = objects_of(images)
+    target = max(big_enough(objects, "left_shoulder", "right_shoulder", "left_hip", "right_hip"), key=lambda o: o.scale)
+    n = next(i for i, im in enumerate(images) if im.file_name == target.task_id)
+    pose = images[n].poses[target.index]
+    shift = pose.box[2] / 3 if pose.box[0] + pose.box[2] * 4 / 3 < 1 else -pose.box[2] / 3
+    moved = tuple((x + shift, y, v) if v else (x, y, v) for x, y, v in pose.keypoints)
+    poses = list(images[n].poses)
+    poses[target.index] = dataclasses.replace(pose, keypoints=moved)
+    images[n] = images[n]._replace(poses=poses)
+    assert not check_labels(SKELETON, objects_of(images)).flags  # the geometry alone sees nothing wrong
+    name = make_project(label_studio, images, name=f"model-{uuid.uuid4().hex[:8]}")
+    params = workspace / "params.yaml"
+    doc = yaml.safe_load(params.read_text())
+    doc["pull"].update(check_model_url=detect_service.url, max_flagged=1.0)
+    params.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("POSEOPS_API_KEY", detect_service.keys["main"])
+    checks = run_pull(name)["label_checks"]
+    model = [f for f in checks["flags"] if f["check"] == CHECK_MODEL]
+    assert model, checks
+    with_ids = {f["task_id"] for f in model}
+    assert len(with_ids) <= 3, model  # the moved label, and at most a couple of COCO's own doubtful ones
+    from poseops.datasets import project_of
+    from poseops.imagecache import image_sha256
+    from poseops.labelstudio import LabelStudioClient
+
+    with LabelStudioClient(label_studio) as client:
+        tasks = {t["id"]: t for t in client.iter_tasks(project_of(client, name).id)}
+    digest = image_sha256(images[n].path)
+    (moved_task,) = [i for i, t in tasks.items() if t["data"].get("sha256") == digest]
+    assert moved_task in with_ids
+    assert CHECK_MODEL in tasks[moved_task]["data"][TASK_FIELD]

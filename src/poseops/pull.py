@@ -236,12 +236,10 @@ def build_dataset(
     the result is that version (`unchanged`).
     """
     target = options.data_root / name
-    digest = inputs_sha256(name, skeleton, options, snapshot, ready, images)
-    kept = unchanged_version(target, options, digest)
+    kept = kept_version(name, skeleton, options, snapshot, ready, images, say)
     if kept is not None:
-        kept.warnings[:0] = ready.warnings
-        say(f"no change since the last pull: DVC version {kept.dvc_md5} kept, nothing rebuilt")
         return kept
+    digest = inputs_sha256(name, skeleton, options, snapshot, ready, images)
     manifest = convert_into_place(name, skeleton, options, snapshot, ready, images)
     result = PullResult(target, manifest, pull_record(name, label_studio_url, snapshot, ready),
                         warnings=[*ready.warnings, *conversion_warnings(manifest.conversion, target)])
@@ -329,6 +327,17 @@ def inputs_sha256(name: str, skeleton: Skeleton, options: PullOptions, snapshot:
         h.update(json.dumps([task["id"], image_sha256(path) if path else None, (annotation or {}).get("result")],
                             sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
+
+
+def kept_version(name: str, skeleton: Skeleton, options: PullOptions, snapshot: Snapshot, ready: Readiness,
+                 images: dict[int, Path], say: Callable[[str], None] = lambda _: None) -> PullResult | None:
+    """The last version, when these labeled tasks and images are what it was made of (and it is whole); else None."""
+    kept = unchanged_version(options.data_root / name, options,
+                             inputs_sha256(name, skeleton, options, snapshot, ready, images))
+    if kept is not None:
+        kept.warnings[:0] = ready.warnings
+        say(f"no change since the last pull: DVC version {kept.dvc_md5} kept, nothing rebuilt")
+    return kept
 
 
 def unchanged_version(target: Path, options: PullOptions, digest: str) -> PullResult | None:

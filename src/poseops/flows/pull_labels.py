@@ -67,6 +67,14 @@ def tag_checked_tasks(tasks: list[dict], checks: labelchecks.LabelChecks) -> int
 
 
 @task
+def kept_version(dataset: str, options: steps.PullOptions, snapshot: steps.Snapshot, ready: steps.Readiness,
+                 images: dict[int, Path]) -> steps.PullResult | None:
+    """The last version when nothing changed since (then nothing is checked or built again), else None."""
+    skeleton = load_record(load_settings(), dataset).skeleton_spec()
+    return steps.kept_version(dataset, skeleton, options, snapshot, ready, images, say=get_run_logger().info)
+
+
+@task
 def build_dataset(dataset: str, options: steps.PullOptions, snapshot: steps.Snapshot, ready: steps.Readiness,
                   images: dict[int, Path]) -> steps.PullResult:
     settings = load_settings()
@@ -87,16 +95,18 @@ def pull_labels(dataset: str = "demo-people", params_file: str = "params.yaml", 
             snapshot = export_labels(dataset)
             ready = check_ready(quote(snapshot), options, dataset)
             images, downloaded = fetch_images(quote(ready.labeled), options.workers)
-            checks = check_labels(dataset, ready, images, options)
-            tag_checked_tasks(snapshot.tasks, checks)  # flagged tasks filterable in Label Studio, refused or not
+            kept = kept_version(dataset, options, quote(snapshot), quote(ready), quote(images))
+            checks = None if kept else check_labels(dataset, quote(ready), quote(images), options)
+            if checks is not None:  # flagged tasks filterable in Label Studio, refused or not
+                tag_checked_tasks(quote(snapshot.tasks), checks)
         except LabelStudioError as e:
             tried = "" if isinstance(e, LabelStudioRefused) else f" (tried {ATTEMPTS} times)"
             raise type(e)(f"{e}\nThe pull of {dataset!r} stopped{tried}; {options.data_root / dataset} is unchanged. "
                           "Pull again once that is fixed: the images already downloaded stay cached.") from None
-        if why := labelchecks.refusal(checks, options.max_flagged, dataset):
+        if checks is not None and (why := labelchecks.refusal(checks, options.max_flagged, dataset)):
             raise steps.NotReady(f"{why} {options.data_root / dataset} is unchanged.")
-        result = build_dataset(dataset, options, quote(snapshot), quote(ready), quote(images))
-    summary = dataclasses.replace(PullSummary.of(result, downloaded), label_checks=checks.to_dict())
+        result = kept or build_dataset(dataset, options, quote(snapshot), quote(ready), quote(images))
+    summary = dataclasses.replace(PullSummary.of(result, downloaded), label_checks=checks.to_dict() if checks else {})
     create_markdown_artifact(key=artifact_key("pull", dataset), markdown=pull_markdown(summary),
                              description=f"pull of {dataset}")
     return summary.to_dict()

@@ -317,7 +317,7 @@ class _Upload:
         url = self.client.upload_file(self.project.id, f"{image.sha256[:12]}{suffix}", image.content, image.content_type)
         data = {"image": url, "sha256": image.sha256, "source": image.path.name, **image.data}
         task = {"data": data, "predictions": [template_prediction(self.skeleton, self.record, image.width, image.height)]}
-        if self.labels is not None and self.labels.get(image.path):
+        if self.labels is not None and image.path in self.labels:  # an empty result too: "nothing to label here"
             task["annotations"] = [{"result": self.labels[image.path]}]
         return image, task
 
@@ -340,9 +340,6 @@ class _Upload:
         for (image, _), task_id in zip(pending, ids, strict=True):
             self.report.uploaded.append((image.path, task_id))
             self.seen[image.sha256] = task_id
-            if self.labels is not None and self.labels.get(image.path) == []:
-                # "nothing to label here": Label Studio's import drops empty annotations, this API keeps them
-                self.client.create_annotation(task_id, [])
         pending.clear()
 
     def finish(self) -> UploadReport:

@@ -1,18 +1,18 @@
-"""Autolabel's steady-state throughput against the raw model, and its fixed start-up cost, in one run.
+"""Autolabel's throughput against the raw model at 16, 80 and 1,000 tasks, in one run.
 
-    python -m benchmarks.autolabel [--images 32] [--repeat 3] [--label-studio-url URL --token TOKEN]
+    python -m benchmarks.autolabel [--sizes 16 80 1000] [--repeat 2] [--label-studio-url URL --token TOKEN]
 
-raw: the model's own detect over the images in this process, one after the other (model loaded
-and warmed up first; its load time is printed on its own).
-autolabel: the Prefect flow (find the tasks, fetch their images, detect, write the predictions in
-one request a batch) with the model in-process, over two Label Studio projects of the same images:
-a small one (a quarter of them) and the full one. A flow run costs a fixed start-up (flow and task
-runs, the project's task list) plus a time per image; the two sizes give both: the steady-state
-throughput is the extra images over the extra seconds, the start-up is what remains of the small
-run. Every flow run labels all tasks of its project under a new model version (after a first run
-of each project that is not counted: the images are then in poseops' image cache and the model is
-loaded), and raw, small and full runs take turns `--repeat` times; medians count. Without --label-studio-url a
-Label Studio is started for the run (its first start migrates for about 90 s, not counted).
+raw: the model's own detect over the project's images in this process, one after the other, on
+images decoded beforehand (model loaded and warmed up first; its load time is printed on its own).
+autolabel: the Prefect flow with the model in-process (`poseops autolabel NAME --weights ...`):
+find the tasks, fetch their images, decode, detect, write the predictions (one request a batch),
+the artifact; timed whole, start-up included. One Label Studio project per size. The images are
+coco-mini-train's photos and, past its 80, the same photos re-encoded (other JPEG quality: other
+bytes, so other tasks and cache entries; nearly the same pixels, so the same work for the model).
+A project's first flow run downloads its images into poseops' image cache (printed as `first run`);
+the measured runs label every task again under a new model version, raw and flow in turn
+(`interleaved`), `--repeat` times; medians count. Without --label-studio-url a Label Studio is
+started for the run (its first start migrates for about 90 s, not counted).
 """
 
 from __future__ import annotations
@@ -37,11 +37,21 @@ from benchmarks.common import (
 
 
 def bench_images(count: int, work: Path) -> list[Path]:
-    from poseops.demo import mirrored_copies
+    """`count` images with distinct content: coco-mini-train's photos, then the same re-encoded at other qualities."""
+    import cv2
 
-    sources = sorted((SHARED / "datasets" / "coco-mini-train" / "images").glob("*.jpg"))[:count]
-    images = sources if len(sources) >= count else sources + mirrored_copies(sources, work / "mirrored")
-    return images[:count]
+    sources = sorted((SHARED / "datasets" / "coco-mini-train" / "images").rglob("*.jpg"))
+    images = list(sources[:count])
+    folder = work / "reencoded"
+    folder.mkdir(parents=True, exist_ok=True)
+    quality = 94
+    while len(images) < count:
+        for source in sources[: count - len(images)]:
+            out = folder / f"{source.stem}-q{quality}.jpg"
+            cv2.imwrite(str(out), cv2.imread(str(source)), [cv2.IMWRITE_JPEG_QUALITY, quality])
+            images.append(out)
+        quality -= 1
+    return images
 
 
 def raw_side(model, decoded: list):
@@ -65,21 +75,20 @@ def flow_side(dataset: str, images: int):
         seconds = time.perf_counter() - started
         if summary["predicted"] != images or summary["failed"]:
             raise SystemExit(f"autolabel of {dataset}: {summary['predicted']} of {images} predicted, "
-                             f"failed: {summary['failed']}")
+                             f"failed: {dict(list(summary['failed'].items())[:3])}")
         return seconds
     return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=32, help="images in the full project (the small one: a quarter)")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 80, 1000], help="tasks per project")
+    parser.add_argument("--repeat", type=int, default=2)
     add_label_studio_arguments(parser)
     args = parser.parse_args()
     prepare()
     work = Path(tempfile.mkdtemp(prefix="poseops-bench-"))
-    images = bench_images(args.images, work)
-    small = max(1, len(images) // 4)
+    images = bench_images(max(args.sizes), work)
 
     with label_studio(args, work) as settings:
         import cv2
@@ -95,34 +104,37 @@ def main() -> None:
         decoded = [cv2.imread(str(p)) for p in images]
         model.detect(decoded[0])  # warm
 
-        names = {size: f"bench-{size}-{uuid.uuid4().hex[:6]}" for size in (small, len(images))}
+        names = {size: f"bench-{size}-{uuid.uuid4().hex[:6]}" for size in args.sizes}
+        started = time.perf_counter()
         with LabelStudioClient(settings) as client:
             for size, name in names.items():
                 create_dataset(client, settings, name, PERSON_SPEC)
                 upload_images(client, settings, name, images[:size])
+        upload_s = time.perf_counter() - started
         from prefect.testing.utilities import prefect_test_harness
 
         os.chdir(work)
+        rows = []
         with prefect_test_harness(server_startup_timeout=180):
-            sides = {"raw": raw_side(model, decoded), "small": flow_side(names[small], small),
-                     "full": flow_side(names[len(images)], len(images))}
-            sides["small"](), sides["full"]()  # warm: the flow's model loaded, the images in the cache
-            seconds = {name: statistics.median(runs) for name, runs in interleaved(sides, args.repeat).items()}
+            for size in args.sizes:
+                flow = flow_side(names[size], size)
+                first = flow()  # downloads the images into the cache; the model is loaded by the first of all
+                seconds = interleaved({"raw": raw_side(model, decoded[:size]), "autolabel": flow}, args.repeat)
+                rows.append((size, first, seconds))
+                print(f"{size} tasks: first run {first:.2f} s, raw {seconds['raw']}, autolabel {seconds['autolabel']}",
+                      flush=True)
 
-    raw = len(images) / seconds["raw"]
-    steady = (len(images) - small) / (seconds["full"] - seconds["small"])
-    startup = seconds["small"] - small / steady
     print(RESULTS)
-    print(f"images: {len(images)} (small project: {small}); yolo11n-pose, ONNX Runtime, {os.cpu_count()} CPUs; "
-          f"median of {args.repeat}, interleaved")
-    print(f"raw model:              {raw:6.2f} images/s  ({seconds['raw']:.2f} s for {len(images)}; "
-          f"model load {load_s:.2f} s, not counted)")
-    print(f"autolabel, whole runs:  {small / seconds['small']:6.2f} images/s at {small}, "
-          f"{len(images) / seconds['full']:6.2f} at {len(images)}  ({seconds['small']:.2f} s, {seconds['full']:.2f} s)")
-    print(f"autolabel steady state: {steady:6.2f} images/s  (the {len(images) - small} extra images over the extra "
-          f"{seconds['full'] - seconds['small']:.2f} s)")
-    print(f"autolabel start-up per run: {startup:.2f} s (flow and task runs, the task list; model already loaded)")
-    print(f"ratio steady-state autolabel/raw: {steady / raw:.2f}")
+    print(f"yolo11n-pose, runtime {model.runtime}, {os.cpu_count()} CPUs; {len(images)} images "
+          f"(uploaded in {upload_s:.0f} s); median of {args.repeat}, raw and autolabel in turn; "
+          f"model load {load_s:.2f} s, not counted")
+    print(f"{'tasks':>6} {'raw img/s':>10} {'autolabel img/s':>16} {'ratio':>6} {'first run img/s':>16}")
+    for size, first, seconds in rows:
+        raw, flow = size / statistics.median(seconds["raw"]), size / statistics.median(seconds["autolabel"])
+        print(f"{size:>6} {raw:>10.2f} {flow:>16.2f} {flow / raw:>6.2f} {size / first:>16.2f}")
+    size, _, seconds = rows[-1]
+    ratio = statistics.median(seconds["raw"]) / statistics.median(seconds["autolabel"])
+    print(f"ratio autolabel/raw at {size} tasks (whole runs, start-up included): {ratio:.2f}")
 
 
 if __name__ == "__main__":

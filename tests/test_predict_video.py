@@ -63,6 +63,16 @@ def test_smoother_keeps_tracks_apart_and_starts_a_returning_track_afresh():
     assert frame(10.0, 300.0, 300.0) == [300.0, 300.0]  # unseen for 10 s: no pull towards the old place
 
 
+def test_the_frame_reader_stops_when_the_reader_does():
+    import threading
+
+    frames = read_frames(OPENFIELD, VideoOptions(start=5, stride=3))
+    assert [next(frames)[0], next(frames)[0]] == [5, 8]
+    frames.close()  # the caller stops early: the decoding thread ends too
+    assert not [t for t in threading.enumerate() if t.name == "poseops-video-reader"]
+    assert [i for i, _, _ in read_frames(OPENFIELD, VideoOptions(start=2320))] == list(range(2320, 2330))  # to the end
+
+
 def test_options_are_checked():
     with pytest.raises(VideoError, match="unknown tracker 'sort'"):
         VideoOptions(tracker="sort")
@@ -76,11 +86,15 @@ def test_options_are_checked():
 
 
 @pytest.fixture(scope="module")
-def person_model(tmp_path_factory):
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("poseops-home")
+
+
+@pytest.fixture(scope="module")
+def person_model(home):
     from poseops.inference import PoseModel
     from poseops.weights import prepare_ultralytics
 
-    home = tmp_path_factory.mktemp("poseops-home")
     prepare_ultralytics(home / "ultralytics")
     return PoseModel("yolo11n-pose.pt", load_skeleton(PERSON_SPEC), "onnx", cache_dir=home / "onnx")
 
@@ -138,9 +152,9 @@ def test_without_a_tracker_frames_are_plain_detections(person_model, clip):
     assert all(f.detections == person_model.detect(image) for f, image in frames)
 
 
-def test_predict_cli_writes_lines_csv_and_an_annotated_video(clip, tmp_path):
+def test_predict_cli_writes_lines_csv_and_an_annotated_video(clip, home, tmp_path):
     out, table, annotated = tmp_path / "out.jsonl", tmp_path / "out.csv", tmp_path / "annotated"
-    env = {**os.environ, "POSEOPS_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "POSEOPS_HOME": str(home)}  # the ONNX export person_model made
     done = subprocess.run(
         [sys.executable, "-m", "poseops.cli", "predict", str(clip), "--weights", "yolo11n-pose.pt", "--skeleton", str(PERSON_SPEC),
          "--out", str(out), "--csv", str(table), "--save-dir", str(annotated), "--stride", "2", "--smooth"],

@@ -191,7 +191,7 @@ class _Run:
                     progress.advance(task)
 
     def image(self, source: Path) -> None:
-        from poseops.inference import draw_detections
+        from poseops.drawing import draw_detections
 
         record: dict[str, Any] = {"source": str(source)}
         image = read_image(source)
@@ -207,7 +207,7 @@ class _Run:
         self.write(record)
 
     def video(self, source: Path, advance) -> None:
-        from poseops.inference import draw_detections
+        from poseops.drawing import draw_detections
         from poseops.video_predict import VideoTracker, predict_video
 
         if self.options.tracker is not None and self._tracker is None:

@@ -20,6 +20,8 @@ same predictor (model file, runtime, input size) called without the tracker (`Vi
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 TRACKERS = {"bytetrack": "bytetrack.yaml", "botsort": "botsort.yaml"}  # Ultralytics' bundled tracker settings
 RAW_SAMPLE_FRAMES = 32  # frames the raw model is timed on after a run, spread over it
+PREFETCH_FRAMES = 4  # frames decoded ahead of the model
 SMOOTH_MIN_CUTOFF_HZ = 1.0  # One-Euro: the cut-off frequency of a still point (lower: less jitter, more lag)
 SMOOTH_BETA = 0.01  # One-Euro: how fast the cut-off rises with a point's speed (pixels/s), against lag (3 px noise -> 1 px; 6 px behind at 200 px/s)
 SMOOTH_FORGET_S = 2.0  # a track unseen this long starts its filters afresh
@@ -90,7 +93,7 @@ class VideoSummary:
     def describe(self) -> str:
         text = f"{self.source.name}: {self.frames} frames, {self.detections} detections"
         if self.track_ids:
-            text += f", {len(self.track_ids)} track ids"
+            text += f", {len(self.track_ids)} track id" + ("s" if len(self.track_ids) > 1 else "")
         text += f"; {self.fps:.1f} frames/s"
         if self.raw_fps:
             text += f" (raw model on {self.raw_frames} of the same frames: {self.raw_fps:.1f}/s, ratio {self.fps / self.raw_fps:.2f})"
@@ -116,27 +119,53 @@ def planned_frames(path: Path, options: VideoOptions) -> int:
 
 
 def read_frames(path: Path, options: VideoOptions) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(index, time in ms, BGR frame) of the frames `options` pick, in order; skipped frames are not decoded to BGR."""
+    """(index, time in ms, BGR frame) of the frames `options` pick, in order; skipped frames are not decoded to BGR.
+
+    A thread decodes up to PREFETCH_FRAMES ahead (OpenCV lets go of the GIL while it decodes), so
+    decoding overlaps the model's work on the frame before instead of adding to it.
+    """
     import cv2
 
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise VideoError(f"{path}: OpenCV cannot open it as a video; check the file or convert it (ffmpeg -i in out.mp4)")
-    try:
+    frames: queue.Queue = queue.Queue(maxsize=PREFETCH_FRAMES)
+    stop = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                frames.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
         index = given = 0
-        while options.max_frames is None or given < options.max_frames:
-            wanted = index >= options.start and (index - options.start) % options.stride == 0
-            if not capture.grab():
-                break
-            if wanted:
-                ok, frame = capture.retrieve()
-                if not ok:
+        try:
+            while options.max_frames is None or given < options.max_frames:
+                wanted = index >= options.start and (index - options.start) % options.stride == 0
+                if not capture.grab():
                     break
-                yield index, round(capture.get(cv2.CAP_PROP_POS_MSEC), 1), frame
-                given += 1
-            index += 1
+                if wanted:
+                    ok, frame = capture.retrieve()
+                    if not ok or not hand_over((index, round(capture.get(cv2.CAP_PROP_POS_MSEC), 1), frame)):
+                        break
+                    given += 1
+                index += 1
+        finally:
+            capture.release()
+            hand_over(None)
+
+    reader = threading.Thread(target=decode, name="poseops-video-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := frames.get()) is not None:
+            yield item
     finally:
-        capture.release()
+        stop.set()
+        reader.join()
 
 
 class OneEuroFilter:

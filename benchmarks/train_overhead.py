@@ -6,13 +6,17 @@ Builds a throw-away git+DVC project around a copy of the dataset (YOLO-pose layo
 images/ and labels/ with train/ and val/), then times, each in a fresh process:
 
   direct     YOLO(weights).train(...) with the very arguments the train stage passes
-  pipeline   `dvc exp run -S train.epochs=… -S train.imgsz=…`: prepare → train → evaluate → export,
-             MLflow logging (SQLite store), ONNX export and model registration; the train stage
-             alone is timed too (`dvc exp run train`, then the rest)
+  pipeline   `dvc exp run -S train.epochs=… -S train.imgsz=…` (what `poseops train -S …` runs): prepare →
+             train → evaluate → export, MLflow logging (SQLite store), the exports and model registration
 
 The two sides take turns (direct, pipeline, then pipeline, direct, ...) `--repeat` times, each
 time in a fresh project and MLflow store made outside the timing, so that the machine's other load
-falls on both alike. Prints every run's times, the medians and the ratios of the medians, pipeline / direct.
+falls on both alike. DVC's output is read as it comes, so each part of a pipeline run is timed:
+DVC's start-up (to its first stage), each stage's command (from DVC's `Running stage` to the
+command's last line), DVC's own work after each command (hashing and caching the outputs, the lock
+file) and its end. The per-epoch time is Ultralytics' own (results.csv's `time` after the last epoch,
+over the epochs) on both sides. Prints every run's times, the medians, the pipeline's fixed cost
+(pipeline minus direct) and the per-epoch ratio, pipeline / direct.
 """
 
 from __future__ import annotations
@@ -61,13 +65,45 @@ def copy_dataset(src: Path, dest: Path) -> None:
                                                     "names": {0: "person"}, "kpt_shape": [17, 3], "flip_idx": FLIP_IDX}))
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, list[tuple[float, str]]]:
+    """Seconds the command took, and each line of its output (stdout and stderr) with the second it came."""
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    lines = [(time.perf_counter() - start, line.rstrip()) for line in proc.stdout]
+    proc.wait()
     elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return elapsed
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n" + "\n".join(text for _, text in lines[-60:]))
+    return elapsed, lines
+
+
+def stage_times(lines: list[tuple[float, str]], total: float) -> dict[str, float]:
+    """DVC's start-up, each stage's command and DVC's work after it, from the timed lines of `dvc exp run`."""
+    marks = [(t, text.split("'")[1]) for t, text in lines if text.startswith("Running stage '")]
+    if not marks:
+        return {}
+    parts = {"dvc start-up": marks[0][0]}
+    for i, (started, stage) in enumerate(marks):
+        ends = marks[i + 1][0] if i + 1 < len(marks) else total
+        own = [t for t, text in lines if started < t < ends and text.strip() and not _dvc_line(text)]
+        command_end = max(own, default=started)
+        parts[f"{stage}: command"] = command_end - started
+        parts[f"{stage}: dvc after it"] = ends - command_end
+    return parts
+
+
+def _dvc_line(text: str) -> bool:
+    return text.startswith(("Updating lock file", "Generating lock file", "Ran experiment", "Experiment ", "To ",
+                            "WARNING: No file hash", "Stage '", "Use `dvc", "Reproduced experiment"))
+
+
+def per_epoch(results_csv: Path) -> float:
+    """Ultralytics' own seconds per epoch: results.csv's `time` (cumulative) after the last epoch, over the epochs."""
+    import csv
+
+    rows = list(csv.DictReader(results_csv.open()))
+    return float(rows[-1]["time"]) / len(rows)
 
 
 def bench_env(home: Path) -> dict[str, str]:
@@ -84,7 +120,8 @@ class Sides:
         self.base = {"train": {"workers": 0, "batch": args.batch}, "mlflow": {"experiment": "benchmark"},
                      "device": args.device}
         self.overrides = {"train.epochs": args.epochs, "train.imgsz": args.imgsz}
-        self.stages: list[tuple[float, float]] = []  # (prepare + train, evaluate + export + register) per pipeline run
+        self.stages: list[dict[str, float]] = []  # per pipeline run: the parts of `stage_times`
+        self.epochs: dict[str, list[float]] = {"direct": [], "pipeline": []}  # seconds per epoch, per run
         from poseops.demo import make_workspace
         from poseops.params import load_params
 
@@ -106,7 +143,9 @@ class Sides:
         copy_dataset(self.args.dataset, folder / "data")
         train_args = {**ultralytics_train_args(self.params), "model": resolve_weights(self.params.train.model),
                       "data": str(folder / "data" / "data.yaml"), "project": str(folder), "name": "train"}
-        return timed([sys.executable, "-c", DIRECT, json.dumps(train_args)], folder, bench_env(folder / "home"))
+        seconds, _ = timed([sys.executable, "-c", DIRECT, json.dumps(train_args)], folder, bench_env(folder / "home"))
+        self.epochs["direct"].append(per_epoch(folder / "train" / "results.csv"))
+        return seconds
 
     def pipeline(self) -> float:
         folder = self.fresh("pipeline")
@@ -116,11 +155,10 @@ class Sides:
         init = "from poseops import tracking; tracking.experiment_id(tracking.client(), 'benchmark')"
         subprocess.run([sys.executable, "-c", init], env=env, check=True, capture_output=True)
         sets = [a for k, v in self.overrides.items() for a in ("-S", f"{k}={v}")]
-        dvc = [sys.executable, "-m", "dvc", "exp", "run"]
-        upto_train = timed([*dvc, "train", *sets], folder / "repo", env)  # prepare + train
-        rest = timed([*dvc, *sets], folder / "repo", env)  # evaluate + export (+ registration); the rest is skipped
-        self.stages.append((upto_train, rest))
-        return upto_train + rest
+        seconds, lines = timed([sys.executable, "-m", "dvc", "exp", "run", *sets], folder / "repo", env)
+        self.stages.append(stage_times(lines, seconds))
+        self.epochs["pipeline"].append(per_epoch(folder / "repo" / "runs" / "train" / "results.csv"))
+        return seconds
 
 
 def main() -> None:
@@ -147,17 +185,18 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     direct, pipeline = statistics.median(seconds["direct"]), statistics.median(seconds["pipeline"])
-    upto_train = statistics.median(s[0] for s in sides.stages)
-    rest = statistics.median(s[1] for s in sides.stages)
+    epoch = {side: statistics.median(runs) for side, runs in sides.epochs.items()}
 
     print(RESULTS)
     print(f"dataset {args.dataset}, {args.epochs} epochs, imgsz {args.imgsz}, batch {args.batch}, device {args.device}; "
           f"median of {args.repeat} runs each, taken in turn")
     print(f"{'direct Ultralytics train':<44} {direct:8.1f} s   runs: {', '.join(f'{s:.1f}' for s in seconds['direct'])}")
-    print(f"{'pipeline: prepare + train (dvc exp run train)':<44} {upto_train:8.1f} s")
-    print(f"{'pipeline: evaluate + export + register':<44} {rest:8.1f} s")
-    print(f"{'pipeline: total':<44} {pipeline:8.1f} s   runs: {', '.join(f'{s:.1f}' for s in seconds['pipeline'])}")
-    print(f"ratio train stage / direct: {upto_train:.1f} s / {direct:.1f} s = {upto_train / direct:.2f}")
+    print(f"{'pipeline (dvc exp run), total':<44} {pipeline:8.1f} s   runs: {', '.join(f'{s:.1f}' for s in seconds['pipeline'])}")
+    for part in sides.stages[0]:
+        print(f"  {part:<42} {statistics.median(s.get(part, 0.0) for s in sides.stages):8.1f} s")
+    print(f"pipeline fixed cost (pipeline - direct): {pipeline - direct:.1f} s")
+    print(f"per epoch (Ultralytics' own): direct {epoch['direct']:.2f} s, pipeline {epoch['pipeline']:.2f} s, "
+          f"ratio {epoch['pipeline'] / epoch['direct']:.3f}")
     print(f"ratio full pipeline / direct: {pipeline:.1f} s / {direct:.1f} s = {pipeline / direct:.2f}")
     if args.keep:
         print(f"work folder: {work}")

@@ -132,9 +132,9 @@ def main() -> None:
     print(f"import again (adds {again.new_tasks} tasks, {again.annotated} annotations): {ag_s:7.1f} s, {ag_n} requests")
     print(f"ratio import/upload: time {im_s / up_s:.2f}, requests {im_n / up_n:.2f}; "
           f"images imported per second: {report.new_tasks / im_s:.1f}")
-    print("requests of the import by kind: " + ", ".join(f"{k} {n}" for k, n in im_kinds.most_common()))
-    print("requests of the upload by kind: " + ", ".join(f"{k} {n}" for k, n in up_kinds.most_common()))
-    print("requests of the import again by kind: " + ", ".join(f"{k} {n}" for k, n in ag_kinds.most_common()))
+    print("requests of the import by kind: " + ", ".join(f"{k} {n}" for k, n in im_kinds.most_common(8)))
+    print("requests of the upload by kind: " + ", ".join(f"{k} {n}" for k, n in up_kinds.most_common(8)))
+    print("requests of the import again by kind: " + ", ".join(f"{k} {n}" for k, n in ag_kinds.most_common(8)))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ BENCHMARKS = [
     ("Load: 4 clients for 60 s against the service", ["benchmarks.load"]),
     ("Video: poseops predict with tracking vs the raw model on the same frames", ["benchmarks.predict_video"]),
     ("Autolabel: the flow vs the raw model at 16, 80 and 1,000 tasks", ["benchmarks.autolabel"]),
+    ("ML backend: /predict as a task opens vs the raw model", ["benchmarks.ml_backend"]),
     ("Video ingestion: frames ingested per second vs decoding the same video alone", ["benchmarks.ingest_video"]),
     ("Training: the DVC pipeline vs Ultralytics called directly", ["benchmarks.train_overhead"]),
     ("Evaluation: the evaluate stage (per-keypoint metrics, gallery) vs Ultralytics' val alone", ["benchmarks.evaluate"]),

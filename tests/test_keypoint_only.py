@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, SHARED_DATASETS
 from test_pull import run_pull, tree_digest
 
-from poseops.autolabel import prediction_of
+from poseops.autolabel import AutolabelOptions, prediction_of
 from poseops.conversion.unplaced import unplaced_keypoints
 from poseops.convert import results_to_poses
 from poseops.label_config import label_config_xml
@@ -194,7 +194,8 @@ def test_autolabel_predictions_of_two_animals_stay_two_instances():
                for i, n in enumerate(REACHING.classes[0].keypoint_names)]
         return {"class": "mouse", "x": x0, "y": y0, "width": 60, "height": 40, "confidence": 0.8, "keypoints": kps}
 
-    result, score = prediction_of(REACHING, [detection(100, 100), detection(400, 300)], WIDTH, HEIGHT, 0.5)
+    result, score = prediction_of(REACHING, [detection(100, 100), detection(400, 300)], WIDTH, HEIGHT,
+                                  AutolabelOptions(keypoint_conf=0.5), list)
     assert score == pytest.approx(0.8) and {r["type"] for r in result} == {"keypointlabels"}
     poses, problems = results_to_poses(REACHING, result)
     assert problems == [] and len(poses) == 2

@@ -9,7 +9,6 @@ sampling), so annotators fix the model where it is weakest.
 from __future__ import annotations
 
 import functools
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +40,12 @@ class AutolabelOptions:
     keypoint_conf: float = AutolabelParams.keypoint_conf  # keypoints below this are left for the annotator
     redo: bool = False  # also tasks that already have a prediction from this model version
     workers: int = AutolabelParams.workers
+    score: str = AutolabelParams.score  # what a prediction's score measures (poseops.scores)
 
     @classmethod
     def of(cls, section: AutolabelParams, redo: bool = False) -> AutolabelOptions:
         return cls(conf_thres=section.conf_thres, iou_thres=section.iou_thres, keypoint_conf=section.keypoint_conf,
-                   redo=redo, workers=section.workers)
+                   redo=redo, workers=section.workers, score=section.score)
 
 
 @dataclass
@@ -82,11 +82,14 @@ def _unit(v: float) -> float:
     return min(1.0, max(0.0, v))
 
 
-def prediction_of(skeleton: Skeleton, detections: Detections, width: int, height: int,
-                  keypoint_conf: float) -> tuple[list[dict], float]:
-    """Label Studio result regions and a score (mean detection confidence; 0 when nothing was found)."""
-    poses = [detection_to_pose(skeleton, d, width, height, keypoint_conf) for d in detections]
-    score = statistics.fmean(p.confidence for p in poses) if poses else 0.0
+def prediction_of(skeleton: Skeleton, detections: Detections, width: int, height: int, options: AutolabelOptions,
+                  mirror: Callable[[], Detections]) -> tuple[list[dict], float]:
+    """Label Studio result regions and their score (`options.score`, poseops.scores; `mirror()` detects in the
+    mirror image, called only for the flip score)."""
+    from poseops import scores
+
+    poses = [detection_to_pose(skeleton, d, width, height, options.keypoint_conf) for d in detections]
+    score = scores.score(options.score, detections, skeleton, width, mirror)
     return poses_to_results(skeleton, poses, width, height, prefix="m"), score
 
 
@@ -140,12 +143,15 @@ def label_tasks(
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from poseops import scores
+
     def one(task: dict) -> tuple[dict, list[dict], float] | None:
         try:
             path = images[task["id"]]
             width, height = image_size(path)
-            detections = detect(path.read_bytes())
-            result, score = prediction_of(skeleton, detections, width, height, options.keypoint_conf)
+            content = path.read_bytes()
+            result, score = prediction_of(skeleton, detect(content), width, height, options,
+                                          lambda: scores.detect_mirrored(detect, content))
             return task, result, score
         except Exception as e:  # noqa: BLE001 - one bad image must not stop the batch; it is reported
             report.failed[task["id"]] = f"{type(e).__name__}: {e}"

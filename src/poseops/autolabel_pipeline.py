@@ -39,6 +39,12 @@ class PipelineModel:
     def detect(self, image: Any) -> Detections:
         raise NotImplementedError
 
+    def mirrored(self, image: Any) -> Any:
+        """The mirror image of a loaded image (for the flip score)."""
+        import cv2
+
+        return cv2.flip(image, 1)
+
 
 class LocalModel(PipelineModel):
     """The model in this process: the loader decodes (OpenCV, EXIF orientation applied), the model only infers."""
@@ -59,7 +65,6 @@ class LocalModel(PipelineModel):
 
     def detect(self, image: Any) -> Detections:
         return self.model.detect(image, self.options.conf_thres, self.options.iou_thres)
-
 
 @dataclass
 class _Loaded:
@@ -164,7 +169,9 @@ def run_pipeline(
             if item.error is None:
                 try:
                     detections = model.detect(item.image)
-                    result, score = prediction_of(skeleton, detections, *item.size, options.keypoint_conf)
+                    image = item.image
+                    result, score = prediction_of(skeleton, detections, *item.size, options,
+                                                  lambda: model.detect(model.mirrored(image)))  # noqa: B023
                     predicted.append((item.task, result, score))
                     continue
                 except Exception as e:  # noqa: BLE001 - reported per task, like a bad image

@@ -159,6 +159,7 @@ def server_commands(name: str, factory_name: str, what: str) -> typer.Typer:
 server_commands("prefect", "prefect_server", "the Prefect server (API, UI, schedules)")
 server_commands("mlflow", "mlflow_ui", "the MLflow UI over the tracking store")
 server_commands("service", "detection_service", "the deployed detection service (`poseops deploy` starts it)")
+server_commands("ml-backend", "ml_backend", "the champion as Label Studio's ML backend (predictions as tasks open)")
 
 
 @app.command("serve-flows")
@@ -399,18 +400,20 @@ def demo_down() -> None:
 
 
 def _register_commands() -> None:
+    from poseops.cli_backend import register as register_backend
     from poseops.cli_import import register as register_import
+    from poseops.cli_labels import register as register_labels
     from poseops.cli_predict import register as register_predict
     from poseops.cli_serve import register as register_serve
-    from poseops.cli_labels import register as register_labels
     from poseops.cli_train import register as register_train
     from poseops.cli_video import register as register_video
 
+    register_backend(app)
     register_import(app)
+    register_labels(app)
     register_serve(app)
     register_predict(app)
     register_train(app)
-    register_labels(app)
     register_video(app)
 
 

@@ -13,3 +13,6 @@ SECRET_HINTS = ("password", "token", "secret", "api_key", "apikey", "credential"
 # Detection thresholds when none is given: the service, the CLI, the client, the playground, autolabel.
 DEFAULT_CONF_THRES = 0.25
 DEFAULT_IOU_THRES = 0.45
+
+# What an autolabel prediction's `score` measures (poseops.scores): Label Studio serves the lowest first.
+SCORES = ("confidence", "min_keypoint", "flip")

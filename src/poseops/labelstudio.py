@@ -97,6 +97,8 @@ class LabelStudioClient:
         raise AssertionError("unreachable")
 
     def _check(self, r: httpx.Response, method: str, path: str) -> httpx.Response:
+        if r.status_code == 403 and "token" not in r.text.lower() and "credentials" not in r.text.lower():
+            raise LabelStudioRefused(f"Label Studio refused {method} {path} (403): {r.text[:500]}")
         if r.status_code in (401, 403):
             raise LabelStudioRefused(
                 f"Label Studio at {self.url} refused the API token ({r.status_code}). Check LABEL_STUDIO_USER_TOKEN, "

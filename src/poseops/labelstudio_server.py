@@ -17,6 +17,13 @@ from poseops.settings import Settings, secure_home
 
 LabelStudioServerError = ServerError
 LOCAL_FILES_KEY = "POSEOPS_LABEL_STUDIO_LOCAL_FILES"  # a folder to serve as local-files storage; unset: none
+# Label Studio refuses webhooks and ML backends at reserved addresses (SSRF protection). The poseops ML backend
+# listens on 127.0.0.1 beside it, so loopback alone is let through: its default list less 127.0.0.0/8.
+BANNED_SUBNETS = ("0.0.0.0/8,10.0.0.0/8,100.64.0.0/10,169.254.0.0/16,172.16.0.0/12,192.0.0.0/24,192.0.2.0/24,"
+                  "192.88.99.0/24,192.168.0.0/16,198.18.0.0/15,198.51.100.0/24,203.0.113.0/24,224.0.0.0/4,"
+                  "233.252.0.0/24,240.0.0.0/4,255.255.255.255/32,::/128,::1/128,::ffff:0:0/96,::ffff:0:0:0/96,"
+                  "64:ff9b::/96,64:ff9b:1::/48,100::/64,2001:0000::/32,2001:20::/28,2001:db8::/32,2002::/16,"
+                  "fc00::/7,fe80::/10,ff00::/8")
 __all__ = ["LabelStudioServerError", "ServerStatus", "answers", "down", "log_file", "server", "status", "up"]
 
 
@@ -30,6 +37,8 @@ def server(settings: Settings) -> ManagedServer:
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         # least privilege: accounts only through an invite link, and no folder of this machine served to them
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        "USE_DEFAULT_BANNED_SUBNETS": "false",
+        "USER_ADDITIONAL_BANNED_SUBNETS": BANNED_SUBNETS,
         **local_files_env(),
         "SENTRY_DSN": "",
         "FRONTEND_SENTRY_DSN": "",

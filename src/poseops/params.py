@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, SECRET_HINTS
+from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, SCORES, SECRET_HINTS
 from poseops.errors import PoseopsError
 
 PARAMS_FILE = "params.yaml"
@@ -271,6 +271,7 @@ class AutolabelParams:
     conf_thres: float = _fraction(DEFAULT_CONF_THRES)
     iou_thres: float = _fraction(DEFAULT_IOU_THRES)
     keypoint_conf: float = _fraction(0.5)  # keypoints below this are left for the annotator
+    score: str = _spec("confidence", choices=SCORES)  # what orders the queue (poseops.scores); flip: 2 inferences
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,9 @@ class SchedulesParams:
     train: str | None = _spec(None, check=check_cron)
     autolabel: str | None = _spec("0 * * * *", check=check_cron)
     loop: str | None = _spec("0 3 * * *", check=check_cron)
+    # annotation events (Label Studio webhooks to the ML backend): this many changed labels start the loop; 0: never
+    retrain_after: int = _spec(0, lo=0)
+    retrain_cooldown_minutes: float = _spec(30.0, lo=0.0)  # at most one event-started loop per this long
 
 
 @dataclass(frozen=True)

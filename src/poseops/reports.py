@@ -122,9 +122,14 @@ class AutolabelSummary:
     skipped_labeled: int
     skipped_done: int
     least_confident: list[tuple[int, float]]  # (task id, score), lowest first
+    score: str = "confidence"  # what the scores measure (params autolabel.score, poseops.scores)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+SCORE_MEANS = {"confidence": "mean detection confidence", "min_keypoint": "least confident keypoint",
+               "flip": "agreement with the mirror image's prediction"}
 
 
 def autolabel_markdown(s: AutolabelSummary) -> str:
@@ -135,7 +140,7 @@ def autolabel_markdown(s: AutolabelSummary) -> str:
         f"{len(s.failed)} failed.", "",
         "The project now serves the **least confident tasks first** (Label Studio's uncertainty sampling): "
         "fixing those teaches the next model the most.", "",
-        "| task | score (mean confidence) |", "|---|---|",
+        f"| task | score ({SCORE_MEANS.get(s.score, s.score)}) |", "|---|---|",
         *[f"| {task_id} | {score:.3f} |" for task_id, score in s.least_confident],
     ]
     lines += [f"- task {task_id} failed: {why}" for task_id, why in list(s.failed.items())[:50]]

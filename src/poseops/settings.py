@@ -16,9 +16,10 @@ from pathlib import Path
 from poseops.errors import PoseopsError
 
 ENV_FILE = ".env"
-SECRET_FIELDS = {"label_studio_password", "label_studio_token"}
+SECRET_FIELDS = {"label_studio_password", "label_studio_token", "webhook_secret"}
 # Environment variables holding secrets: kept out of every child process that does not need them.
-SECRET_ENV_KEYS = ("LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "LABEL_STUDIO_API_KEY", "POSEOPS_API_KEY")
+SECRET_ENV_KEYS = ("LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "LABEL_STUDIO_API_KEY", "POSEOPS_API_KEY",
+                   "POSEOPS_WEBHOOK_SECRET")
 _SECRETS: set[str] = set()
 MIN_SECRET_LENGTH = 6  # shorter values are not redacted (they would blank out ordinary words)
 
@@ -90,6 +91,8 @@ class Settings:
     prefect_url: str = "http://127.0.0.1:4200"
     mlflow_ui_url: str = "http://127.0.0.1:5000"
     service_url: str = "http://127.0.0.1:3000"
+    ml_backend_url: str = "http://127.0.0.1:9090"
+    webhook_secret: str = ""  # what Label Studio's webhooks must send to the ML backend (generated into .env)
 
     @property
     def label_studio_dir(self) -> Path:
@@ -118,6 +121,8 @@ _ENV_KEYS = {
     "prefect_url": "POSEOPS_PREFECT_URL",
     "mlflow_ui_url": "POSEOPS_MLFLOW_UI_URL",
     "service_url": "POSEOPS_SERVICE_URL",
+    "ml_backend_url": "POSEOPS_ML_BACKEND_URL",
+    "webhook_secret": "POSEOPS_WEBHOOK_SECRET",
 }
 
 
@@ -152,6 +157,7 @@ def load_settings(env_file: Path | None = None) -> Settings:
     settings = Settings(**kwargs)  # type: ignore[arg-type]
     remember_secret(settings.label_studio_password)
     remember_secret(settings.label_studio_token)
+    remember_secret(settings.webhook_secret)
     return settings
 
 
@@ -167,6 +173,8 @@ def ensure_label_studio_credentials(env_file: Path | None = None) -> Settings:
         missing["LABEL_STUDIO_PASSWORD"] = secrets.token_urlsafe(18)
     if not settings.label_studio_token:
         missing["LABEL_STUDIO_USER_TOKEN"] = secrets.token_hex(20)
+    if not settings.webhook_secret:
+        missing["POSEOPS_WEBHOOK_SECRET"] = secrets.token_urlsafe(24)
     if missing:
         existing = env_file.read_text(encoding="utf-8") if env_file.is_file() else ""
         lines = [existing.rstrip("\n")] if existing.strip() else ["# poseops local settings; git ignores this file"]

@@ -35,6 +35,18 @@ def mlflow_ui(settings: Settings) -> ManagedServer:
                          hint="If the port is taken, set POSEOPS_MLFLOW_UI_URL to another port.")
 
 
+def ml_backend(settings: Settings) -> ManagedServer:
+    """The champion as Label Studio's ML backend (`poseops.ml_backend`), run from this checkout's folder."""
+    state = (secure_home(settings.home) / "ml-backend").resolve()
+    url = settings.ml_backend_url
+    # its secrets, and only those: Label Studio's token (to read task images) and the webhook secret
+    env = {"LABEL_STUDIO_USER_TOKEN": settings.label_studio_token, "POSEOPS_WEBHOOK_SECRET": settings.webhook_secret,
+           "LABEL_STUDIO_URL": settings.label_studio_url, "POSEOPS_HOME": str(settings.home.resolve()),
+           "POSEOPS_ML_BACKEND_URL": url, "POSEOPS_PREFECT_URL": settings.prefect_url}
+    return ManagedServer("the ML backend", state, url, f"{url}/health", [sys.executable, "-m", "poseops.ml_backend"],
+                         env, cwd=Path.cwd(), hint="If the port is taken, set POSEOPS_ML_BACKEND_URL to another port.")
+
+
 def connect_prefect(settings: Settings) -> bool:
     """Point Prefect at the server poseops runs, before anything imports Prefect (it reads its settings then).
 

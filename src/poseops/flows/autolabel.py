@@ -140,7 +140,8 @@ def autolabel(dataset: str = "demo-people", service_url: str | None = None, weig
     if predicted:
         show_version(project_id, model_version)
     summary = AutolabelSummary(dataset=dataset, model_version=model_version, predicted=len(predicted), failed=failed,
-                               least_confident=sorted(predicted.items(), key=lambda kv: kv[1])[:20], **skipped)
+                               least_confident=sorted(predicted.items(), key=lambda kv: kv[1])[:20], score=options.score,
+                               **skipped)
     create_markdown_artifact(key=artifact_key("autolabel", dataset), markdown=autolabel_markdown(summary),
                              description=f"autolabel of {dataset} with {model_version}")
     if failed:

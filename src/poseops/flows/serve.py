@@ -14,6 +14,8 @@ from prefect import serve
 from poseops.params import SchedulesParams, load_params
 from poseops.settings import load_settings
 
+LOOP_DEPLOYMENT = "improvement-loop/loop"  # <flow name>/<deployment name>: annotation events start this one
+
 
 def deployments(config: SchedulesParams, service_url: str) -> list:
     from poseops.flows.autolabel import autolabel
@@ -30,7 +32,8 @@ def deployments(config: SchedulesParams, service_url: str) -> list:
         autolabel.to_deployment(name="autolabel", cron=config.autolabel,
                                 parameters={"dataset": dataset, "service_url": service_url},
                                 description="the deployed model pre-labels the tasks nobody labeled"),
-        improvement_loop.to_deployment(name="loop", cron=config.loop, parameters={"dataset": dataset},
+        improvement_loop.to_deployment(name=LOOP_DEPLOYMENT.split("/")[1], cron=config.loop,
+                                       parameters={"dataset": dataset}, concurrency_limit=1,  # one loop at a time
                                        description="pull → train → promote if better → deploy → autolabel"),
     ]
 

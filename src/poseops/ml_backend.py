@@ -1,0 +1,259 @@
+"""The champion as a Label Studio ML backend: predictions appear the moment an annotator opens a task.
+
+Label Studio's ML backend protocol is four JSON endpoints (`GET /health`, `POST /setup`,
+`POST /predict`, `POST /webhook`), written here directly on FastAPI: the `label-studio-ml`
+package on the registry (1.0.9) pins Flask 1.1 and Jinja2 3.0, which the rest of the stack
+cannot share. The backend follows the registry's champion alias: each `/setup` (Label Studio
+calls it before every prediction run) and each `/predict` looks the alias up, and a promotion
+swaps the model in without touching Label Studio. The result regions come from the same
+code as batch autolabel (`autolabel.prediction_of`), so both write the same skeleton in the
+spec's order under the same model version name (`<registered model>:<version>`).
+
+`/webhook` receives Label Studio's annotation events and hands them to
+`poseops.retrain_trigger`, which starts the loop deployment when enough labels changed.
+
+    poseops ml-backend up                 # 127.0.0.1:9090 (POSEOPS_ML_BACKEND_URL)
+    poseops dataset connect-backend NAME  # registers it (and the webhook) on the project
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request  # FastAPI resolves the handlers' annotations in this module
+
+from poseops.errors import PoseopsError
+from poseops.labelstudio import LabelStudioError
+from poseops.params import Params, load_params
+from poseops.retrain_trigger import ANNOTATION_ACTIONS as ACTIONS
+from poseops.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Poseops-Webhook-Secret"  # noqa: S105 - a header name, not a secret
+ALIAS_TTL_S = 2.0  # how long one alias lookup answers for (a burst of /predict calls asks the registry once)
+
+
+class BackendError(PoseopsError, RuntimeError):
+    """The backend cannot predict (no champion, a model that does not load); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str  # "<registered model>:<version>", the predictions' model_version
+    skeleton: Any
+    detect: Any  # bytes → detections
+
+
+class Champion:
+    """The model the registry's champion alias names, loaded once per version."""
+
+    def __init__(self, settings: Settings, params: Params) -> None:
+        self.settings, self.params = settings, params
+        self._lock = threading.Lock()
+        self._model: LoadedModel | None = None
+        self._checked_at = 0.0
+        self._version: str | None = None
+
+    def version(self) -> str:
+        """The champion's `<name>:<version>` now (looked up at most every ALIAS_TTL_S)."""
+        with self._lock:
+            if self._version is None or time.monotonic() - self._checked_at > ALIAS_TTL_S:
+                from poseops import tracking
+
+                try:
+                    mv = tracking.resolve_model_uri(tracking.client(must_exist=True), self.params.champion_uri)
+                except PoseopsError as e:
+                    raise BackendError(f"no champion to predict with: {e}") from None
+                self._version, self._checked_at = f"{mv.name}:{mv.version}", time.monotonic()
+            return self._version
+
+    def model(self) -> LoadedModel:
+        version = self.version()
+        with self._lock:
+            if self._model is None or self._model.version != version:
+                self._model = self._load(version)
+                log.info("ML backend now predicts with %s", version)
+            return self._model
+
+    def _load(self, version: str) -> LoadedModel:
+        from poseops.autolabel import AutolabelOptions, detector
+        from poseops.deploy import fetch_version
+        from poseops.detector import ServiceConfig
+        from poseops.skeleton import load_skeleton
+
+        name, number = version.rsplit(":", 1)
+        _, files = fetch_version(f"models:/{name}/{number}", self.settings)
+        config = ServiceConfig().with_model_files(files)
+        options = AutolabelOptions.of(self.params.autolabel)
+        return LoadedModel(version, load_skeleton(config.skeleton),
+                           detector(None, str(config.weights), str(config.skeleton), options))
+
+
+def image_dimensions(content: bytes) -> tuple[int, int]:
+    """Width and height as Label Studio displays the image (EXIF orientation applied)."""
+    from PIL import Image
+
+    from poseops.datasets import displayed_size
+
+    with Image.open(io.BytesIO(content)) as im:
+        return displayed_size(im)
+
+
+class Backend:
+    """What the endpoints do, apart from HTTP."""
+
+    def __init__(self, settings: Settings, params: Params) -> None:
+        from poseops.labelstudio import LabelStudioClient
+
+        self.settings, self.params = settings, params
+        self.champion = Champion(settings, params)
+        self.client = LabelStudioClient(settings, retries=1)
+
+    def predict(self, tasks: list[dict]) -> list[dict]:
+        """One prediction per task, in order: `{"result", "score", "model_version"}` (an empty result on a bad image)."""
+        from poseops.autolabel import AutolabelOptions, prediction_of
+        from poseops.scores import detect_mirrored
+
+        model = self.champion.model()
+        options = AutolabelOptions.of(self.params.autolabel)
+        out = []
+        for task in tasks:
+            try:
+                content = self.client.download(str((task.get("data") or {}).get("image", "")))
+                width, height = image_dimensions(content)
+                result, score = prediction_of(model.skeleton, model.detect(content), width, height, options,
+                                              lambda: detect_mirrored(model.detect, content))  # noqa: B023 - called now
+            except Exception as e:  # noqa: BLE001 - one bad task must not fail the others; it gets an empty result
+                log.warning("task %s: no prediction (%s: %s)", task.get("id"), type(e).__name__, e)
+                result, score = [], 0.0
+            out.append({"result": result, "score": score, "model_version": model.version})
+        return out
+
+
+def secret_matches(given: str | None, expected: str) -> bool:
+    return bool(expected) and given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+# --- registering it on a dataset's Label Studio project -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Connection:
+    backend_id: int
+    webhook_id: int
+    model_version: str | None
+
+
+def connect(client, project_id: int, backend_url: str, webhook_secret: str) -> Connection:
+    """Register the backend and its webhook on the project (again: updated, never doubled).
+
+    Label Studio then asks the backend for a prediction when a task without one is opened
+    (`show_collab_predictions`), and sends every annotation change to `/webhook` with the secret.
+    """
+    backend = {"url": backend_url, "project": project_id, "title": "poseops champion", "is_interactive": False,
+               "auto_update": True}
+    mine = [b for b in client.json("GET", "/api/ml", params={"project": project_id}) if b.get("url") == backend_url]
+    try:
+        if mine:
+            made = client.json("PATCH", f"/api/ml/{mine[0]['id']}", json=backend)
+        else:
+            made = client.json("POST", "/api/ml", json=backend)
+    except LabelStudioError as e:
+        raise BackendError(
+            f"Label Studio did not accept the ML backend at {backend_url}: {e}. Is it running (`poseops ml-backend "
+            "up`)? Label Studio refuses local addresses unless poseops started it (restart it: `poseops labelstudio "
+            "down && poseops labelstudio up`); for one you run yourself see docs/autolabel.md") from None
+    if made.get("state") not in ("CO", None):
+        raise BackendError(f"Label Studio could not reach the ML backend at {backend_url} ({made.get('state')}: "
+                           f"{made.get('error_message') or 'no answer'}); start it with `poseops ml-backend up`")
+    client.update_project(project_id, show_collab_predictions=True)
+    hook = {"project": project_id, "url": f"{backend_url}/webhook", "send_payload": True, "send_for_all_actions": False,
+            "actions": sorted(ACTIONS), "headers": {SECRET_HEADER: webhook_secret}, "is_active": True}
+    hooks = [h for h in client.json("GET", "/api/webhooks", params={"project": project_id}) if h.get("url") == hook["url"]]
+    if hooks:
+        made_hook = client.json("PATCH", f"/api/webhooks/{hooks[0]['id']}", json=hook)
+    else:
+        made_hook = client.json("POST", "/api/webhooks", json=hook)
+    return Connection(made["id"], made_hook["id"], made.get("model_version"))
+
+
+def create_app(settings: Settings | None = None, params: Params | None = None):
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from poseops.retrain_trigger import RetrainTrigger
+
+    settings = settings or load_settings()
+    params = params or load_params(Path("params.yaml"), missing_ok=True)
+    backend = Backend(settings, params)
+    trigger = RetrainTrigger(settings, params.schedules)
+    app = FastAPI(title="poseops ML backend", docs_url=None, redoc_url=None)
+
+    def error(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse({"error": code, "message": message}, status_code=status)
+
+    @app.get("/health")
+    def health():
+        try:
+            version = backend.champion.version()
+        except BackendError:
+            version = None
+        return {"status": "UP", "model_class": "poseops", "model_version": version}
+
+    @app.post("/setup")
+    def setup(body: dict | None = None):
+        try:
+            return {"model_version": backend.champion.version()}
+        except BackendError as e:
+            return error(503, "no_champion", str(e))
+
+    @app.post("/predict")
+    def predict(body: dict):
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            return error(400, "bad_request", "the body needs `tasks`, a list of Label Studio tasks")
+        try:
+            results = backend.predict(tasks)
+        except BackendError as e:
+            return error(503, "no_champion", str(e))
+        return {"results": results, "model_version": results[0]["model_version"] if results else None}
+
+    @app.post("/webhook")
+    async def webhook(request: Request):
+        if not secret_matches(request.headers.get(SECRET_HEADER), settings.webhook_secret):
+            return error(403, "forbidden", f"wrong or missing {SECRET_HEADER}: Label Studio's webhook must send the "
+                         "POSEOPS_WEBHOOK_SECRET of this backend (`poseops dataset connect-backend` sets it)")
+        try:
+            event = await request.json()
+        except ValueError:
+            return error(400, "bad_request", "the body is not JSON")
+        if not isinstance(event, dict):
+            return error(400, "bad_request", "the body must be a Label Studio webhook event (a JSON object)")
+        return trigger.receive(event)
+
+    return app
+
+
+def main() -> None:
+    """`python -m poseops.ml_backend`: serve on the port of POSEOPS_ML_BACKEND_URL, 127.0.0.1."""
+    import uvicorn
+
+    from poseops.processes import port_of
+    from poseops.stack import connect_prefect
+
+    settings = load_settings()
+    connect_prefect(settings)  # the loop deployment the webhook starts lives on the Prefect server
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=port_of(settings.ml_backend_url, 9090), log_level="info")
+
+
+if __name__ == "__main__":
+    main()

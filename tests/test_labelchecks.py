@@ -293,8 +293,8 @@ def test_wrong_labels_are_tagged_in_label_studio_listed_and_refuse_the_pull_over
 @integration
 def test_labels_the_deployed_model_places_elsewhere_are_flagged(prefect_api, workspace, label_studio, detect_service,
                                                                monkeypatch):
-    """The real service (yolo11n-pose) on coco-mini-train with one person's keypoints all moved a third of their box
-    sideways: limbs and sides stay plausible, so only the model's disagreement can catch it."""
+    """The real service (yolo11n-pose) on coco-mini-train with one person's keypoints all moved half their box's
+    width sideways: limbs and sides stay plausible, so only the model's disagreement can catch it."""
     from test_pull import make_project, run_pull
 
     images = coco_mini()
@@ -302,7 +302,7 @@ def test_labels_the_deployed_model_places_elsewhere_are_flagged(prefect_api, wor
     target = max(big_enough(objects, "left_shoulder", "right_shoulder", "left_hip", "right_hip"), key=lambda o: o.scale)
     n = next(i for i, im in enumerate(images) if im.file_name == target.task_id)
     pose = images[n].poses[target.index]
-    shift = pose.box[2] / 3 if pose.box[0] + pose.box[2] * 4 / 3 < 1 else -pose.box[2] / 3
+    shift = pose.box[2] / 2 if pose.box[0] + pose.box[2] * 3 / 2 < 1 else -pose.box[2] / 2
     moved = tuple((x + shift, y, v) if v else (x, y, v) for x, y, v in pose.keypoints)
     poses = list(images[n].poses)
     poses[target.index] = dataclasses.replace(pose, keypoints=moved)

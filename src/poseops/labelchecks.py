@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from poseops.conversion.poses import Pose
+from poseops.sigmas import AREA_FACTOR
 from poseops.skeleton import Skeleton, SkeletonClass
 
 CHECK_SWAP = "left_right_swap"
@@ -309,8 +310,10 @@ def _long_limbs(cls: SkeletonClass, obj: LabeledObject, usual: Mapping[tuple[int
 
 
 def oks(label: LabeledObject, predicted: Mapping[int, tuple[float, float]], sigmas: list[float]) -> float | None:
-    """COCO's object keypoint similarity of a prediction (keypoint index → pixels) with a label; None: nothing shared."""
-    area = max(label.box[2] * label.box[3], 1.0)
+    """COCO's object keypoint similarity of a prediction (keypoint index → pixels) with a label; None: nothing shared.
+
+    The object's area is its box's times AREA_FACTOR, as Ultralytics' validator (and `poseops.sigmas`) take it."""
+    area = max(AREA_FACTOR * label.box[2] * label.box[3], 1.0)
     terms = [math.exp(-_distance(p, predicted[i]) ** 2 / (2 * area * (2 * sigmas[i]) ** 2))
              for i, p in enumerate(label.points) if p is not None and i in predicted]
     return sum(terms) / len(terms) if terms else None

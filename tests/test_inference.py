@@ -388,7 +388,8 @@ def test_predict_cli_over_images_folder_and_video(tmp_path: Path, home: Path, mo
     env = {**os.environ, "POSEOPS_HOME": str(home)}
     done = subprocess.run(
         [sys.executable, "-m", "poseops.cli_predict", "predict", str(IMAGES[0].parent), str(IMAGES[0]), str(video),
-         "--out", str(out), "--save-dir", str(annotated), "--weights", "yolo11n-pose.pt", "--skeleton", str(PERSON_SPEC)],
+         "--out", str(out), "--save-dir", str(annotated), "--weights", "yolo11n-pose.pt", "--runtime", "onnx",
+         "--skeleton", str(PERSON_SPEC)],  # the runtime of the model it is compared with
         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

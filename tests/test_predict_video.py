@@ -157,7 +157,7 @@ def test_predict_cli_writes_lines_csv_and_an_annotated_video(clip, home, tmp_pat
     env = {**os.environ, "POSEOPS_HOME": str(home)}  # the ONNX export person_model made
     done = subprocess.run(
         [sys.executable, "-m", "poseops.cli", "predict", str(clip), "--weights", "yolo11n-pose.pt", "--skeleton", str(PERSON_SPEC),
-         "--out", str(out), "--csv", str(table), "--save-dir", str(annotated), "--stride", "2", "--smooth"],
+         "--runtime", "onnx", "--out", str(out), "--csv", str(table), "--save-dir", str(annotated), "--stride", "2", "--smooth"],
         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -167,11 +167,13 @@ def test_predict_cli_writes_lines_csv_and_an_annotated_video(clip, home, tmp_pat
     rows = list(csv.DictReader(table.open()))
     assert len(rows) == len(detections) > 0
     assert [int(r["track_id"]) for r in rows] == [d["track_id"] for d in detections]
+    assert [(float(r["x"]), float(r["width"])) for r in rows] == [(d["x"], d["width"]) for d in detections]
+    assert [int(r["frame"]) for r in rows] == [line["frame"] for line in lines for _ in line["detections"]]
     assert float(rows[0]["nose_x"]) == detections[0]["keypoints"][0]["x"]
     capture = cv2.VideoCapture(str(annotated / "people.annotated.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     capture.release()
-    assert "people.mp4: 3 frames" in done.stderr and "raw model on 3 of the same frames" in done.stderr
+    assert "people.mp4: 3 frames" in done.stderr and "on onnx (raw model on 3 of the same frames" in done.stderr
 
 
 # --- one mouse, one id: the real open-field video ---------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from poseops.cli_common import progress_bar, user_errors
-from poseops.cli_serve import ConfOpt, IouOpt, RuntimeOpt, collect_sources
+from poseops.cli_serve import ConfOpt, IouOpt, collect_sources
 from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, IMAGE_SUFFIXES
 from poseops.detector import DEFAULT_SKELETON
 from poseops.errors import PoseopsError
@@ -27,22 +27,25 @@ if TYPE_CHECKING:
 
     from poseops.skeleton import Skeleton
 
-CSV_COLUMNS = ("source", "frame", "time_ms", "track_id", "class", "confidence", "x", "y", "width", "height")
+FRAME_COLUMNS = ("source", "frame", "time_ms")
+CSV_COLUMNS = (*FRAME_COLUMNS, "track_id", "class", "confidence", "x", "y", "width", "height")
 
 
-def model_files(weights: str | None, skeleton: Path | None, runtime: str, params: Path) -> tuple[str, Path]:
-    """The weights and skeleton spec to run: given, or a registered version's (`models:/...`; default the champion)."""
+def model_files(weights: str | None, skeleton: Path | None, runtime: str | None, params: Path) -> tuple[str, Path, str | None]:
+    """The weights, skeleton spec and runtime to run: as given, or a registered version's (`models:/...`; default
+    the champion), its runtime chosen among its files as the service chooses (`ServiceConfig.with_model_files`)."""
     if weights is None or weights.startswith("models:/"):
         from poseops.deploy import fetch_version
         from poseops.detector import ServiceConfig
         from poseops.params import load_params
+        from poseops.runtimes import requested_runtime
         from poseops.settings import load_settings
 
         uri = weights or load_params(params, missing_ok=True).champion_uri
         _, files = fetch_version(uri, load_settings())
-        config = ServiceConfig(runtime=runtime).with_model_files(files)
-        return config.weights, skeleton or config.skeleton
-    return weights, skeleton or Path(DEFAULT_SKELETON)
+        config = ServiceConfig(runtime=requested_runtime(runtime)).with_model_files(files)
+        return config.weights, skeleton or config.skeleton, config.runtime
+    return weights, skeleton or Path(DEFAULT_SKELETON), runtime
 
 
 class CsvSink:
@@ -58,7 +61,7 @@ class CsvSink:
 
     def write(self, record: dict[str, Any]) -> None:
         for det in record.get("detections", []):
-            row = {k: record.get(k, det.get(k)) for k in CSV_COLUMNS}
+            row = {k: record.get(k) if k in FRAME_COLUMNS else det.get(k) for k in CSV_COLUMNS}
             for point in det["keypoints"]:
                 row |= {f"{point['name']}_{axis}": point[axis] for axis in ("x", "y", "confidence")}
             self._writer.writerow(row)
@@ -68,7 +71,7 @@ class CsvSink:
 
 
 def draw_track_ids(canvas: np.ndarray, detections: list[dict[str, Any]]) -> np.ndarray:
-    """Write each tracked detection's id (`#3`) inside its box's top-left corner."""
+    """Write each tracked detection's id (`#3`) inside its box, bottom left (the class and confidence are above it)."""
     import cv2
 
     scale = max(1, round(max(canvas.shape[:2]) / 640))
@@ -118,7 +121,8 @@ def predict(
                                                      "or models:/NAME@ALIAS; default: the champion of params.yaml's registered model")] = None,
     skeleton: Annotated[Path | None, typer.Option(help="the skeleton spec the model was trained with "
                                                        "(default: the registered version's; with --weights a file, the person spec)")] = None,
-    runtime: RuntimeOpt = "onnx",
+    runtime: Annotated[str | None, typer.Option(help="auto (the best for the CPU: openvino), openvino, onnx or torch; "
+                                                     "default: POSEOPS_RUNTIME, else auto")] = None,
     imgsz: Annotated[int | None, typer.Option(help="model input size (default: the size the model was trained or exported at)")] = None,
     conf_thres: ConfOpt = DEFAULT_CONF_THRES,
     iou_thres: IouOpt = DEFAULT_IOU_THRES,
@@ -135,16 +139,16 @@ def predict(
     Video frames carry each object's track id across frames; the summary gives frames per second
     against the raw model on the same frames.
     """
-    from poseops.inference import PoseModel
+    from poseops.inference import load_model
     from poseops.skeleton import load_skeleton
 
     sources = collect_sources(paths)
     if not sources:
         raise PoseopsError(f"no image or video files in {', '.join(map(str, paths))}")
     options = VideoOptions(None if tracker == "none" else tracker, smooth, conf_thres, iou_thres, start_frame, stride, max_frames)
-    weights_file, skeleton_file = model_files(weights, skeleton, runtime, params)
+    weights_file, skeleton_file, runtime = model_files(weights, skeleton, runtime, params)
     spec = load_skeleton(skeleton_file)
-    model = PoseModel(weights_file, spec, runtime, imgsz)
+    model = load_model(weights_file, spec, runtime, imgsz)
     run = _Run(model, spec, options, out, csv_out, save_dir)
     try:
         run.all(sources)

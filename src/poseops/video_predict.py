@@ -79,6 +79,7 @@ class VideoFrame:
 @dataclass
 class VideoSummary:
     source: Path
+    runtime: str = ""
     frames: int = 0
     detections: int = 0
     track_ids: set[int] = field(default_factory=set)
@@ -94,7 +95,7 @@ class VideoSummary:
         text = f"{self.source.name}: {self.frames} frames, {self.detections} detections"
         if self.track_ids:
             text += f", {len(self.track_ids)} track id" + ("s" if len(self.track_ids) > 1 else "")
-        text += f"; {self.fps:.1f} frames/s"
+        text += f"; {self.fps:.1f} frames/s" + (f" on {self.runtime}" if self.runtime else "")
         if self.raw_fps:
             text += f" (raw model on {self.raw_frames} of the same frames: {self.raw_fps:.1f}/s, ratio {self.fps / self.raw_fps:.2f})"
         return text
@@ -277,7 +278,7 @@ def predict_video(
     smoother = KeypointSmoother() if options.smooth else None
     every = max(1, planned_frames(path, options) // max(raw_sample, 1))
     sample: list[np.ndarray] = []
-    summary = VideoSummary(source=path)
+    summary = VideoSummary(source=path, runtime=model.runtime)
     started = time.perf_counter()
     for index, time_ms, image in read_frames(path, options):
         if tracker is not None:

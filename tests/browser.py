@@ -34,3 +34,22 @@ def screenshot(page, name: str, full_page: bool = False) -> Path:
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+def label_studio_login(page, settings) -> None:
+    """Sign in to the Label Studio of `settings` (its username and password) in `page`."""
+    page.goto(f"{settings.label_studio_url}/user/login/")
+    page.fill("input[name=email]", settings.label_studio_username)
+    page.fill("input[name=password]", settings.label_studio_password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+
+
+# The shapes Label Studio's editor drew: its canvas is Konva; a keypoint is a Circle, a box a Rect.
+EDITOR_SHAPES = """() => {
+  const stage = window.Konva.stages[0];
+  return {
+    circles: stage.find('Circle').filter((n) => n.isVisible()).length,
+    rects: stage.find('Rect').filter((n) => n.isVisible() && n.width() > 5).length,
+  };
+}"""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from browser import browser_page, screenshot
+from browser import browser_page, label_studio_login, screenshot
 from conftest import PERSON_SPEC, SHARED_DATASETS
 from PIL import Image
 
@@ -51,11 +51,7 @@ def test_labeling_page_shows_the_template_skeleton(label_studio):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     with browser_page() as page:
-        page.goto(f"{label_studio.label_studio_url}/user/login/")
-        page.fill("input[name=email]", label_studio.label_studio_username)
-        page.fill("input[name=password]", label_studio.label_studio_password)
-        page.click("button[type=submit]")
-        page.wait_for_load_state("networkidle")
+        label_studio_login(page, label_studio)
         page.goto(f"{project.url}/data?task={uploaded[1]}")
         page.get_by_text("left_ankle", exact=True).first.wait_for(timeout=60_000)
         page.wait_for_function("() => window.Konva && window.Konva.stages.length > 0 && window.Htx.annotationStore.selected")

@@ -271,3 +271,10 @@ def test_the_one_mouse_keeps_one_track_id(mouse_model):
             for i, dets in detected.items() if i in truth]
     assert len(ious) >= 0.9 * len(detected) and np.median(ious) > 0.6, f"median IoU with the mouse {np.median(ious):.2f}"
     assert summary.raw_fps and summary.fps > 0
+
+
+def test_without_weights_predict_runs_the_champion_and_says_what_to_do_without_one(tmp_path):
+    env = {**os.environ, "POSEOPS_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
+    done = subprocess.run([sys.executable, "-m", "poseops.cli", "predict", str(OPENFIELD), "--out", str(tmp_path / "o.jsonl")],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1 and "no MLflow store" in done.stderr and "--weights" in done.stderr, done.stderr

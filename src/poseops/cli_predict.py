@@ -42,7 +42,10 @@ def model_files(weights: str | None, skeleton: Path | None, runtime: str | None,
         from poseops.settings import load_settings
 
         uri = weights or load_params(params, missing_ok=True).champion_uri
-        _, files = fetch_version(uri, load_settings())
+        try:
+            _, files = fetch_version(uri, load_settings())
+        except PoseopsError as e:
+            raise PoseopsError(f"{e}" + ("" if weights else "; or name a model file with --weights")) from None
         config = ServiceConfig(runtime=requested_runtime(runtime)).with_model_files(files)
         return config.weights, skeleton or config.skeleton, config.runtime
     return weights, skeleton or Path(DEFAULT_SKELETON), runtime

@@ -152,7 +152,7 @@ def run_pipeline(
         predicted: list[Predicted] = []
         done = 0
         while done < len(batches):
-            item = loaded.get()
+            item = _next(loaded, thread)
             if isinstance(item, _BatchEnd):
                 if item.error is not None:
                     raise item.error
@@ -182,6 +182,16 @@ def run_pipeline(
         thread.join(timeout=5)
         while writes:
             _collect(writes.popleft(), report)
+
+
+def _next(loaded: queue.Queue, loader: threading.Thread) -> Any:
+    """The loader's next item; an error if it stopped without handing one over (it never should)."""
+    while True:
+        try:
+            return loaded.get(timeout=1.0)
+        except queue.Empty:
+            if not loader.is_alive() and loaded.empty():
+                raise RuntimeError("the autolabel loader thread stopped before the last batch") from None
 
 
 def _collect(write: tuple[list[Predicted], Future], report: AutolabelReport) -> None:

@@ -75,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--only", choices=["fine-tune", "new-head"], help="run one recipe only")
     args = parser.parse_args()
     prepare()
     work = Path(tempfile.mkdtemp(prefix="poseops-recipe-"))
@@ -92,10 +93,12 @@ def main() -> None:
     common = {"data": str(data), "imgsz": args.imgsz, "batch": 8, "device": "cpu", "plots": False, "verbose": False}
     results = []
     for label, recipe in RECIPES.items():
+        if args.only and not label.startswith(args.only.replace("-", " ")):
+            continue
         t0 = time.perf_counter()
         name = f"r{len(results)}"
-        YOLO(weights).train(epochs=args.epochs, workers=0, project=str(work), name=name, seed=0, val=False, **recipe,
-                            **common)
+        print(f"training {label}: per-epoch metrics in {work / name / 'results.csv'}", flush=True)
+        YOLO(weights).train(epochs=args.epochs, workers=0, project=str(work), name=name, seed=0, **recipe, **common)
         seconds = time.perf_counter() - t0
         m = YOLO(str(work / name / "weights" / "last.pt")).val(project=str(work), name=f"{name}-val", **common)
         results.append((label, m.pose.map50, m.pose.map, m.box.map, seconds))

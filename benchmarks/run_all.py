@@ -39,6 +39,8 @@ BENCHMARKS = [
     ("Fine-tuning on coco-mini-train, measured on coco8-pose val (photos from the pretraining set): "
      "gentle SGD (recommended for short fine-tunes)",
      ["benchmarks.finetune_coco_mini", "--optimizer", "SGD", "--lr0", "0.001", "--warmup-epochs", "0"]),
+    ("Training a new keypoint head (dlc-reaching, 5 keypoints): the fine-tune recipe vs train.new_head",
+     ["benchmarks.recipe_new_skeleton", "--epochs", "40"]),
 ]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

@@ -61,10 +61,10 @@ def test_auto_picks_openvino_on_the_cpu_then_onnx_and_obeys_an_override(tmp_path
 def models(tmp_path_factory):
     from poseops.inference import PoseModel, load_model
 
-    cache = tmp_path_factory.mktemp("exports") / "onnx"
+    home = tmp_path_factory.mktemp("home")  # exports cached under home/onnx and home/openvino
     spec = load_skeleton(PERSON_SPEC)
-    return SimpleNamespace(openvino=load_model("yolo11n-pose.pt", spec, "auto", IMGSZ, cache_dir=cache),
-                           onnx=PoseModel("yolo11n-pose.pt", spec, "onnx", IMGSZ, cache_dir=cache))
+    return SimpleNamespace(home=home, openvino=load_model("yolo11n-pose.pt", spec, "auto", IMGSZ, cache_dir=home / "onnx"),
+                           onnx=PoseModel("yolo11n-pose.pt", spec, "onnx", IMGSZ, cache_dir=home / "onnx"))
 
 
 def assert_same(a: list[dict], b: list[dict]) -> None:
@@ -93,10 +93,10 @@ def test_openvino_runs_in_f32_throughput_mode_and_answers_as_onnx_runtime(models
             assert_same(got, want)
 
 
-def test_metadata_names_the_runtime_and_precision(tmp_path, monkeypatch):
+def test_metadata_names_the_runtime_and_precision(models, monkeypatch):
     from poseops.detector import Detector, ServiceConfig
 
-    monkeypatch.setenv("POSEOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("POSEOPS_HOME", str(models.home))  # the OpenVINO export made above, from its cache
     detector = Detector(ServiceConfig(skeleton=PERSON_SPEC, imgsz=IMGSZ))
     assert detector.metadata()["model"]["runtime"] == "auto"  # before loading: as configured
     detector.load()

@@ -143,6 +143,7 @@ def _fit(mlc, start: _Start, out: Path, callbacks: Mapping[str, Callable[[Any], 
     logger = EpochLogger(mlc, start.run_id, out / "results.csv")
     logger.flush()  # a resumed run carries the interrupted training's epochs too
     model.add_callback("on_fit_epoch_end", logger)
+    model.add_callback("on_train_start", _no_final_validation)
     for event, fn in (callbacks or {}).items():
         model.add_callback(event, fn)
     try:
@@ -161,6 +162,20 @@ def _fit(mlc, start: _Start, out: Path, callbacks: Mapping[str, Callable[[Any], 
         finally:
             mlc.set_terminated(start.run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+
+
+def _no_final_validation(trainer: Any) -> None:
+    """Ultralytics' trainer ends by validating best.pt (with plots); the evaluate stage validates the same best.pt
+    on the same split (with plots, per-keypoint metrics and the gallery), so the trainer's pass would be the same
+    work twice. The trainer still strips the optimizer from last.pt and best.pt, as its final step does."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    def strip_only() -> None:
+        ckpt = strip_optimizer(trainer.last) if trainer.last.exists() else {}
+        if trainer.best.exists():
+            strip_optimizer(trainer.best, updates={"train_results": ckpt.get("train_results")})
+
+    trainer.final_eval = strip_only
 
 
 def _start_tracked_run(mlc, ctx: _Context, run_name: str, extra_tags: Mapping[str, Any]) -> str:

@@ -162,25 +162,12 @@ def check_the_derived_boxes(dataset: Path, sources: dict[int, str]) -> None:
     assert coco["categories"][0]["keypoints"] == KEYPOINTS and coco["annotations"]
 
 
-EDITOR_SHAPES = """() => {
-  const stage = window.Konva.stages[0];
-  return {
-    circles: stage.find('Circle').filter((n) => n.isVisible()).length,
-    rects: stage.find('Rect').filter((n) => n.isVisible() && n.width() > 5).length,
-  };
-}"""
-
-
 def check_the_editor_shows_points(settings, project_url: str, imported: int, predicted: int, tasks: dict) -> None:
     """Headless Chromium: an imported frame and a pre-labeled new frame both show points and no box."""
-    from browser import browser_page, screenshot
+    from browser import EDITOR_SHAPES, browser_page, label_studio_login, screenshot
 
     with browser_page(1200, 860) as page:
-        page.goto(f"{settings.label_studio_url}/user/login/")
-        page.fill("input[name=email]", settings.label_studio_username)
-        page.fill("input[name=password]", settings.label_studio_password)
-        page.click("button[type=submit]")
-        page.wait_for_load_state("networkidle")
+        label_studio_login(page, settings)
         for task_id, expected, picture in ((imported, len(KEYPOINTS), SCREENSHOT), (predicted, None, None)):
             page.goto(f"{project_url}/data?task={task_id}")
             page.get_by_text(KEYPOINTS[-1], exact=True).first.wait_for(timeout=60_000)

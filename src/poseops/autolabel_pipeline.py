@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -67,6 +68,20 @@ class LocalModel(PipelineModel):
         return self.model.detect(image, self.options.conf_thres, self.options.iou_thres)
 
 @dataclass
+class PipelineTimes:
+    """Where the model's thread spent a run: what is not waiting is the model's (and the regions' making)."""
+
+    total: float = 0.0
+    waiting_for_images: float = 0.0  # the loader (fetch, decode) was behind
+    waiting_for_writes: float = 0.0  # more than `ahead` writes were in flight, or the last ones at the end
+
+    def summary(self) -> str:
+        busy = self.total - self.waiting_for_images - self.waiting_for_writes
+        return (f"{self.total:.1f} s: the model busy {busy:.1f} s, waiting {self.waiting_for_images:.1f} s for images "
+                f"and {self.waiting_for_writes:.1f} s for Label Studio's writes")
+
+
+@dataclass
 class _Loaded:
     task: dict
     image: Any = None
@@ -90,7 +105,7 @@ def run_pipeline(
     report: AutolabelReport,
     ahead: int = 2,
     on_batch: Callable[[int, int, int], None] | None = None,  # (batches done, batches, predicted in this one)
-) -> None:
+) -> PipelineTimes:
     """Label every batch; per-task failures (image, decode, detect, write) go into `report`, the rest goes on.
 
     A fetch that fails after its retries stops the run with its error, as a failed batch task did.
@@ -148,11 +163,15 @@ def run_pipeline(
     thread = threading.Thread(target=loader, name="autolabel-loader", daemon=True)
     thread.start()
     writes: deque[tuple[list[Predicted], Future]] = deque()  # in flight, oldest first
+    times = PipelineTimes()
+    started = time.perf_counter()
     try:
         predicted: list[Predicted] = []
         done = 0
         while done < len(batches):
+            waited = time.perf_counter()
             item = _next(loaded, thread)
+            times.waiting_for_images += time.perf_counter() - waited
             if isinstance(item, _BatchEnd):
                 if item.error is not None:
                     raise item.error
@@ -163,8 +182,10 @@ def run_pipeline(
                 if on_batch:
                     on_batch(done, len(batches), len(predicted))
                 predicted = []
+                waited = time.perf_counter()
                 while len(writes) > ahead:
                     _collect(writes.popleft(), report)
+                times.waiting_for_writes += time.perf_counter() - waited
                 continue
             if item.error is None:
                 try:
@@ -180,8 +201,12 @@ def run_pipeline(
     finally:
         stop.set()
         thread.join(timeout=5)
+        waited = time.perf_counter()
         while writes:
             _collect(writes.popleft(), report)
+        times.waiting_for_writes += time.perf_counter() - waited
+        times.total = time.perf_counter() - started
+    return times
 
 
 def _next(loaded: queue.Queue, loader: threading.Thread) -> Any:

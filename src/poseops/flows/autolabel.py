@@ -105,9 +105,10 @@ def label_in_this_process(dataset: str, project_id: int, batches: list[list[dict
     def progress(done: int, total: int, predicted: int) -> None:
         logger.info("batch %d of %d: %d predicted", done, total, predicted)
 
-    run_pipeline(batches, lambda batch: fetch_batch.submit(quote(batch), options.workers),
-                 lambda predicted: write_batch.submit(project_id, quote(predicted), model_version, options.redo),
-                 model, record.skeleton_spec(), options, report, on_batch=progress)
+    times = run_pipeline(batches, lambda batch: fetch_batch.submit(quote(batch), options.workers),
+                         lambda predicted: write_batch.submit(project_id, quote(predicted), model_version, options.redo),
+                         model, record.skeleton_spec(), options, report, on_batch=progress)
+    logger.info("pipeline: %s", times.summary())
     return report
 
 

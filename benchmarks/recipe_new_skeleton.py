@@ -93,7 +93,7 @@ def main() -> None:
     common = {"data": str(data), "imgsz": args.imgsz, "batch": 8, "device": "cpu", "plots": False, "verbose": False}
     results = []
     for label, recipe in RECIPES.items():
-        if args.only and not label.startswith(args.only.replace("-", " ")):
+        if args.only and not label.startswith({"fine-tune": "fine-tune", "new-head": "new head"}[args.only]):
             continue
         t0 = time.perf_counter()
         name = f"r{len(results)}"

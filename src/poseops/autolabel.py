@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES
+from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES, ML_BACKEND_TITLE
 from poseops.datasets import image_size
 from poseops.errors import PoseopsError
 from poseops.imageio import check_within_budget
@@ -120,7 +120,13 @@ def write_predictions(client: LabelStudioClient, project_id: int, predicted: lis
 
 
 def show_model_version(client: LabelStudioClient, project_id: int, model_version: str) -> None:
-    """The editor pre-loads this version's predictions; the queue serves the least confident tasks first."""
+    """The editor pre-loads this version's predictions; the queue serves the least confident tasks first.
+
+    A project connected to the ML backend keeps asking it (the backend names its predictions as this
+    flow does, so a task autolabel predicted is shown, not predicted again)."""
+    if client.json("GET", f"/api/projects/{project_id}").get("model_version") == ML_BACKEND_TITLE:
+        client.update_project(project_id, show_collab_predictions=True, sampling=UNCERTAINTY_SAMPLING)
+        return
     client.update_project(project_id, model_version=model_version, show_collab_predictions=True,
                           sampling=UNCERTAINTY_SAMPLING)
 

@@ -14,5 +14,8 @@ SECRET_HINTS = ("password", "token", "secret", "api_key", "apikey", "credential"
 DEFAULT_CONF_THRES = 0.25
 DEFAULT_IOU_THRES = 0.45
 
+# The ML backend's title in Label Studio; a project whose model_version is this asks the backend as tasks open.
+ML_BACKEND_TITLE = "poseops champion"
+
 # What an autolabel prediction's `score` measures (poseops.scores): Label Studio serves the lowest first.
 SCORES = ("confidence", "min_keypoint", "flip")

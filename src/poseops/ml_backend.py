@@ -29,6 +29,7 @@ from typing import Any
 
 from starlette.requests import Request  # FastAPI resolves the handlers' annotations in this module
 
+from poseops.constants import ML_BACKEND_TITLE
 from poseops.errors import PoseopsError
 from poseops.labelstudio import LabelStudioError
 from poseops.params import Params, load_params
@@ -158,7 +159,7 @@ def connect(client, project_id: int, backend_url: str, webhook_secret: str) -> C
     Label Studio then asks the backend for a prediction when a task without one is opened
     (`show_collab_predictions`), and sends every annotation change to `/webhook` with the secret.
     """
-    backend = {"url": backend_url, "project": project_id, "title": "poseops champion", "is_interactive": False,
+    backend = {"url": backend_url, "project": project_id, "title": ML_BACKEND_TITLE, "is_interactive": False,
                "auto_update": True}
     mine = [b for b in client.json("GET", "/api/ml", params={"project": project_id}) if b.get("url") == backend_url]
     try:
@@ -174,7 +175,8 @@ def connect(client, project_id: int, backend_url: str, webhook_secret: str) -> C
     if made.get("state") not in ("CO", None):
         raise BackendError(f"Label Studio could not reach the ML backend at {backend_url} ({made.get('state')}: "
                            f"{made.get('error_message') or 'no answer'}); start it with `poseops ml-backend up`")
-    client.update_project(project_id, show_collab_predictions=True)
+    # the editor asks the backend (the project's model version is the backend's title) and shows its answer
+    client.update_project(project_id, show_collab_predictions=True, model_version=ML_BACKEND_TITLE)
     hook = {"project": project_id, "url": f"{backend_url}/webhook", "send_payload": True, "send_for_all_actions": False,
             "actions": sorted(ACTIONS), "headers": {SECRET_HEADER: webhook_secret}, "is_active": True}
     hooks = [h for h in client.json("GET", "/api/webhooks", params={"project": project_id}) if h.get("url") == hook["url"]]

@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,14 +115,16 @@ def evaluate(params: Params, root: Path = Path("."), layout: Layout = Layout(), 
     root = root.resolve()
     lay = layout.under(root)
     run_id = finished_run_id(lay)
-    mlc = mlc or client()
     dataset = read_dataset_info(lay)
-    with tempfile.TemporaryDirectory(prefix="poseops-eval-") as tmp:
+    configure_ultralytics()  # imported first: MLflow's import below then overlaps the validation, not Ultralytics'
+    with ThreadPoolExecutor(1) as pool, tempfile.TemporaryDirectory(prefix="poseops-eval-") as tmp:
+        store = pool.submit(client) if mlc is None else None  # MLflow's start (seconds) while the model runs
         data_yaml = resolved_data_yaml(lay.prepared / "data.yaml", Path(tmp) / "data.yaml")
         metrics, poses = validate_poses(lay.train / "weights" / "best.pt", data_yaml, params, lay.evaluate,
                                         plots=params.train.plots)
         report = score_keypoints(poses, data_yaml, params.evaluate.match_conf)
         images_dir = dataset_dir(data_yaml)
+        mlc = mlc or store.result()
     lay.metrics.parent.mkdir(parents=True, exist_ok=True)
     lay.metrics.write_text(json.dumps({k: round(v, 6) for k, v in metrics.items()}, indent=2) + "\n", encoding="utf-8")
     links = task_links(dataset)

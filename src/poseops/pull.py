@@ -306,6 +306,11 @@ def convert_into_place(name: str, skeleton: Skeleton, options: PullOptions, snap
 # --- nothing changed ---------------------------------------------------------------------------------
 
 
+# What a pull writes, by number: raised whenever the files of a version change for the same labels
+# (2: the COCO keypoints export beside the YOLO files; frames split by their video), so the next pull rebuilds.
+DATASET_FORMAT = 2
+
+
 def inputs_sha256(name: str, skeleton: Skeleton, options: PullOptions, snapshot: Snapshot, ready: Readiness,
                   images: dict[int, Path]) -> str:
     """What a dataset version is made of, hashed: every labeled task's id, the regions of the annotation it
@@ -314,18 +319,19 @@ def inputs_sha256(name: str, skeleton: Skeleton, options: PullOptions, snapshot:
     Two pulls with the same digest build the same dataset.
     """
     from poseops import __version__
+    from poseops.conversion.dataset import split_key
     from poseops.convert import choose_annotation
 
     h = hashlib.sha256(json.dumps({
-        "poseops": __version__, "dataset": name, "project": snapshot.project_id,
+        "poseops": __version__, "format": DATASET_FORMAT, "dataset": name, "project": snapshot.project_id,
         "dir": (options.data_root / name).as_posix(), "val_fraction": options.val_fraction,
         "skeleton": repr(dataclasses.replace(skeleton, source="")),
     }, sort_keys=True).encode())
     for task in sorted(ready.labeled, key=lambda t: json.dumps(t["id"])):
         annotation, _ = choose_annotation(task)
         path = images.get(task["id"])
-        h.update(json.dumps([task["id"], image_sha256(path) if path else None, (annotation or {}).get("result")],
-                            sort_keys=True, separators=(",", ":")).encode())
+        h.update(json.dumps([task["id"], image_sha256(path) if path else None, (annotation or {}).get("result"),
+                             split_key(task, "")], sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
 
 

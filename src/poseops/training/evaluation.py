@@ -42,8 +42,8 @@ def zero_pose_warning(metrics: dict[str, float]) -> str | None:
     if not pose or any(v > 0 for v in pose):
         return None
     return ("every pose metric is 0: the model places no keypoint within the OKS tolerance on the val split, and "
-            "promotion refuses it while promote.min_metric is above 0 (the default). On a skeleton other than COCO's 17 person keypoints the "
-            "keypoint head starts from scratch: train for more epochs (tens, not a few), e.g. with "
+            "promotion refuses it while promote.min_metric is above 0 (the default). On a skeleton other than "
+            "COCO's 17 person keypoints the keypoint head starts from scratch: train for more epochs (tens, not a few), e.g. with "
             "train.optimizer=AdamW, and check the labels and the spec's sigmas (docs/training.md)")
 
 

@@ -116,7 +116,7 @@ def test_bad_weights_and_runtime_are_refused(tmp_path: Path, model):
 
 
 def test_draw_uses_the_spec_colours(model):
-    from poseops.inference import draw_detections
+    from poseops.drawing import draw_detections
 
     spec = load_skeleton(PERSON_SPEC)
     image = bgr(IMAGES[0])

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_IMGSZ = 640
-KEYPOINT_DRAW_THRESHOLD = 0.5  # the keypoint confidence below which drawings leave a point out (as Ultralytics does)
 EXTRA_PREDICTORS = 1  # beyond OpenVINO's optimal requests: one image's pre/post-processing overlaps the others' inference
 
 
@@ -311,7 +310,3 @@ def detections_from_result(result: Any, skeleton: Skeleton) -> list[dict[str, An
             }
         )
     return out
-
-
-# Drawing has its own home (poseops.drawing), which the evaluate stage's error gallery loads without the runtimes.
-from poseops.drawing import draw_detections  # noqa: E402, F401

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from poseops.conversion.poses import Pose
-from poseops.sigmas import AREA_FACTOR
+from poseops.oks import object_area
+from poseops.oks import oks as object_keypoint_similarity
 from poseops.skeleton import Skeleton, SkeletonClass
 
 CHECK_SWAP = "left_right_swap"
@@ -313,10 +314,8 @@ def oks(label: LabeledObject, predicted: Mapping[int, tuple[float, float]], sigm
     """COCO's object keypoint similarity of a prediction (keypoint index → pixels) with a label; None: nothing shared.
 
     The object's area is its box's times AREA_FACTOR, as Ultralytics' validator (and `poseops.sigmas`) take it."""
-    area = max(AREA_FACTOR * label.box[2] * label.box[3], 1.0)
-    terms = [math.exp(-_distance(p, predicted[i]) ** 2 / (2 * area * (2 * sigmas[i]) ** 2))
-             for i, p in enumerate(label.points) if p is not None and i in predicted]
-    return sum(terms) / len(terms) if terms else None
+    return object_keypoint_similarity(((p, predicted[i], sigmas[i]) for i, p in enumerate(label.points)
+                                       if p is not None and i in predicted), object_area(label.box[2], label.box[3]))
 
 
 def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:

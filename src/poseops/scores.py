@@ -16,16 +16,16 @@ Detections are the service's (`inference.detections_from_result`): boxes and key
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from poseops.constants import SCORES
+from poseops.oks import object_area
+from poseops.oks import oks as object_keypoint_similarity
 from poseops.skeleton import Skeleton
 
 Detections = list[dict[str, Any]]
-AREA_FACTOR = 0.53  # a box's area to the object's area, as COCO's keypoint evaluation scales OKS
 MIN_IOU = 0.3  # two detections of one object overlap at least this much
 
 
@@ -60,10 +60,10 @@ def _iou(a: dict, b: dict) -> float:
 
 def oks(a: dict, b: dict, sigmas: Sequence[float]) -> float:
     """Object keypoint similarity of two detections of one object, scaled by the first's box."""
-    area = max(a["width"] * a["height"] * AREA_FACTOR, 1.0)
-    terms = [math.exp(-((p["x"] - q["x"]) ** 2 + (p["y"] - q["y"]) ** 2) / (2 * area * (2 * s) ** 2))
-             for p, q, s in zip(a["keypoints"], b["keypoints"], sigmas, strict=True)]
-    return statistics.fmean(terms) if terms else 1.0
+    pairs = (((p["x"], p["y"]), (q["x"], q["y"]), s)
+             for p, q, s in zip(a["keypoints"], b["keypoints"], sigmas, strict=True))
+    similarity = object_keypoint_similarity(pairs, object_area(a["width"], a["height"]))
+    return 1.0 if similarity is None else similarity
 
 
 def agreement(these: Detections, those: Detections, skeleton: Skeleton) -> float:

@@ -21,9 +21,9 @@ from typing import Any
 
 from poseops.conversion.poses import Pose
 from poseops.errors import PoseopsError
+from poseops.oks import AREA_FACTOR
 from poseops.skeleton import Skeleton
 
-AREA_FACTOR = 0.53  # an object's area from its box (Ultralytics' PoseValidator; COCO persons' outline / box)
 MIN_OBJECTS = 10  # objects labeled at least twice needed for any estimate
 MIN_SAMPLES = 5  # a keypoint labeled twice on fewer objects keeps its sigma
 MATCH_IOU = 0.5  # two annotations' boxes of one object overlap at least this much

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-AREA_FACTOR = 0.53  # a box's area to the object's segmented area (xtcocotools; Ultralytics' PoseValidator)
+from poseops.oks import AREA_FACTOR
+
 OKS_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 PCK_ALPHAS = {"pck05": 0.05, "pck10": 0.1, "pck20": 0.2}
 VISIBLE_CONF = 0.5  # a predicted keypoint at least this sure is "visible" (as drawings and Ultralytics' plots)

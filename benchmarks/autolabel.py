@@ -94,12 +94,12 @@ def main() -> None:
         import cv2
 
         from poseops.datasets import create_dataset, upload_images
-        from poseops.inference import PoseModel
+        from poseops.inference import load_model
         from poseops.labelstudio import LabelStudioClient
         from poseops.skeleton import load_skeleton
 
         started = time.perf_counter()
-        model = PoseModel("yolo11n-pose.pt", load_skeleton(PERSON_SPEC))
+        model = load_model("yolo11n-pose.pt", load_skeleton(PERSON_SPEC))  # as autolabel loads it (POSEOPS_RUNTIME)
         load_s = time.perf_counter() - started
         decoded = [cv2.imread(str(p)) for p in images]
         model.detect(decoded[0])  # warm

@@ -58,8 +58,8 @@ def test_a_half_written_deploy_cache_heals(registered, tmp_path):
     assert (files / "model.onnx").stat().st_size > 1_000_000
     with pytest.raises(DeployError, match="has no skeleton.yaml among its files"):
         fetch_version("models:/poseops-pose/2", settings)
-    assert not (settings.home / "deployments" / "poseops-pose-v2" / "model").exists()
-    assert [p.name for p in (settings.home / "deployments" / "poseops-pose-v2").iterdir()] == []
+    (v2,) = (settings.home / "deployments").glob("poseops-pose-v2-*")  # <name>-v<version>-<run>
+    assert [p.name for p in v2.iterdir()] == []  # nothing kept of the refused download
 
 
 def test_a_damaged_model_is_a_clear_deploy_error(tmp_path):

@@ -93,7 +93,10 @@ def test_the_loop_end_to_end_then_a_worse_model_is_not_deployed(prefect_api, in_
     champion_map = float(steps["train"].rsplit(" ", 1)[-1])
     assert champion_map > 0.1, f"the fine-tuned champion lost its accuracy: {steps['train']}"
     assert "poseops-pose:1" in steps["deploy"]
-    bento = check_the_bento_serves_the_model_from_the_store(label_studio.home, "poseops-pose:v1")
+    from poseops import tracking
+
+    run_id = tracking.client().get_model_version("poseops-pose", "1").run_id
+    bento = check_the_bento_serves_the_model_from_the_store(label_studio.home, f"poseops-pose:v1-{run_id[:12]}")
     assert bento in steps["deploy"]
     assert steps["autolabel"].startswith("2 task(s)")
     meta = httpx.get(f"{SERVICE_URL}/metadata", timeout=10).json()

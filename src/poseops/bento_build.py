@@ -50,7 +50,9 @@ def save_model(files: Path) -> str:
     from bentoml.exceptions import NotFound
 
     lineage = json.loads((files / "lineage.json").read_text())
-    tag = f"{store_name(lineage['model_name'])}:v{lineage['model_version']}"
+    # the run in the version: another registry's (or a recreated one's) version N is another model
+    run = re.sub(r"[^a-z0-9]", "", str(lineage.get("mlflow_run_id") or "").lower())[:12]
+    tag = f"{store_name(lineage['model_name'])}:v{lineage['model_version']}" + (f"-{run}" if run else "")
     try:
         return str(bentoml.models.get(tag).tag)
     except NotFound:

@@ -1,7 +1,7 @@
 """Deploy a registered model version as the detection service.
 
 The version's files (ONNX export, best.pt, the skeleton spec it was trained with) come
-from the MLflow registry into `<home>/deployments/<name>-v<version>/`, with a lineage
+from the MLflow registry into `<home>/deployments/<name>-v<version>-<run>/`, with a lineage
 file (model version, MLflow run, dataset DVC hash, Label Studio snapshot) that the
 service reports at `/metadata`. The model is loaded and checked here first: a bad
 version fails before the running service is touched. Then the version goes into the
@@ -63,7 +63,8 @@ def fetch_version(model_uri: str, settings: Settings, fresh: bool = False) -> tu
     """
     mlc = tracking.client(must_exist=True)
     version = tracking.resolve_model_uri(mlc, model_uri)
-    dest = (settings.home / "deployments" / f"{version.name}-v{version.version}").resolve()
+    # the run in the name: another registry's (or a recreated one's) version N is another model
+    dest = (settings.home / "deployments" / f"{version.name}-v{version.version}-{version.run_id[:12]}").resolve()
     files = dest / "model"
     if fresh or not all((files / name).is_file() for name in (*NEEDED_FILES, COMPLETE)):
         download_whole(f"models:/{version.name}/{version.version}", files, f"{model_uri} (version {version.version})")

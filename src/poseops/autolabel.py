@@ -171,11 +171,19 @@ def label_tasks(
     try:
         write_predictions(client, project_id, predicted, model_version, replace=options.redo)
     except Exception as e:  # noqa: BLE001 - reported per task, like a failed image
-        for task, _, _ in predicted:
-            report.failed[task["id"]] = f"writing the prediction failed: {type(e).__name__}: {e}"
+        record_write(report, predicted, e)
         return
+    record_write(report, predicted)
+
+
+def record_write(report: AutolabelReport, predicted: list[tuple[dict, list[dict], float]],
+                 error: Exception | None = None) -> None:
+    """One batch's write in the report: each task's score, or (a refused write) the reason for each task."""
     for task, _, score in predicted:
-        report.predicted[task["id"]] = score
+        if error is None:
+            report.predicted[task["id"]] = score
+        else:
+            report.failed[task["id"]] = f"writing the prediction failed: {type(error).__name__}: {error}"
 
 
 # --- the model that labels: the running service, or weights in this process ---------------------

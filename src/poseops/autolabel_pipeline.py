@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poseops.autolabel import AutolabelOptions, AutolabelReport, Detections, prediction_of
+from poseops.autolabel import AutolabelOptions, AutolabelReport, Detections, prediction_of, record_write
 from poseops.datasets import image_size
 from poseops.imageio import check_within_budget
 from poseops.skeleton import Skeleton
@@ -225,8 +225,6 @@ def _collect(write: tuple[list[Predicted], Future], report: AutolabelReport) -> 
     try:
         future.result()
     except Exception as e:  # noqa: BLE001 - reported per task, like a failed image
-        for task, _, _ in predicted:
-            report.failed[task["id"]] = f"writing the prediction failed: {type(e).__name__}: {e}"
+        record_write(report, predicted, e)
         return
-    for task, _, score in predicted:
-        report.predicted[task["id"]] = score
+    record_write(report, predicted)

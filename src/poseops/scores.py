@@ -42,7 +42,7 @@ def mirrored(detections: Detections, skeleton: Skeleton, width: float) -> Detect
     """Detections of the mirrored image as detections of the image: x mirrored, left and right swapped."""
     out = []
     for d in detections:
-        cls = next(c for c in skeleton.classes if c.name == d["class"])
+        cls = skeleton.get(d["class"])
         swap = {a: b for a, b in cls.flip_pairs} | {b: a for a, b in cls.flip_pairs}
         by_name = {kp["name"]: kp for kp in d["keypoints"]}
         keypoints = [{**by_name[swap.get(kp["name"], kp["name"])], "name": kp["name"]} for kp in d["keypoints"]]

@@ -196,8 +196,9 @@ def displayed_size(im: Image.Image) -> tuple[int, int]:
     return (height, width) if im.getexif().get(0x0112, 1) in _QUARTER_TURNS else (width, height)
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    with open_image(path) as im:
+def image_size(source: Path | bytes) -> tuple[int, int]:
+    """Width and height as shown, of an image file or its bytes (within the pixel budget)."""
+    with open_image(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
         return displayed_size(im)
 
 

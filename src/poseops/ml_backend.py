@@ -19,7 +19,6 @@ spec's order under the same model version name (`<registered model>:<version>`).
 from __future__ import annotations
 
 import hmac
-import io
 import logging
 import threading
 import time
@@ -98,16 +97,6 @@ class Champion:
                            detector(None, str(config.weights), str(config.skeleton), options))
 
 
-def image_dimensions(content: bytes) -> tuple[int, int]:
-    """Width and height as Label Studio displays the image (EXIF orientation applied)."""
-    from PIL import Image
-
-    from poseops.datasets import displayed_size
-
-    with Image.open(io.BytesIO(content)) as im:
-        return displayed_size(im)
-
-
 class Backend:
     """What the endpoints do, apart from HTTP."""
 
@@ -121,6 +110,7 @@ class Backend:
     def predict(self, tasks: list[dict]) -> list[dict]:
         """One prediction per task, in order: `{"result", "score", "model_version"}` (an empty result on a bad image)."""
         from poseops.autolabel import AutolabelOptions, prediction_of
+        from poseops.datasets import image_size
         from poseops.scores import detect_mirrored
 
         model = self.champion.model()
@@ -129,7 +119,7 @@ class Backend:
         for task in tasks:
             try:
                 content = self.client.download(str((task.get("data") or {}).get("image", "")))
-                width, height = image_dimensions(content)
+                width, height = image_size(content)
                 result, score = prediction_of(model.skeleton, model.detect(content), width, height, options,
                                               lambda: detect_mirrored(model.detect, content))  # noqa: B023 - called now
             except Exception as e:  # noqa: BLE001 - one bad task must not fail the others; it gets an empty result

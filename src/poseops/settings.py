@@ -16,10 +16,10 @@ from pathlib import Path
 from poseops.errors import PoseopsError
 
 ENV_FILE = ".env"
-SECRET_FIELDS = {"label_studio_password", "label_studio_token", "webhook_secret"}
+SECRET_FIELDS = {"label_studio_password", "label_studio_token", "webhook_secret", "database_url"}
 # Environment variables holding secrets: kept out of every child process that does not need them.
 SECRET_ENV_KEYS = ("LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "LABEL_STUDIO_API_KEY", "POSEOPS_API_KEY",
-                   "POSEOPS_WEBHOOK_SECRET")
+                   "POSEOPS_WEBHOOK_SECRET", "POSEOPS_DATABASE_URL", "AWS_SECRET_ACCESS_KEY")
 _SECRETS: set[str] = set()
 MIN_SECRET_LENGTH = 6  # shorter values are not redacted (they would blank out ordinary words)
 
@@ -93,6 +93,17 @@ class Settings:
     service_url: str = "http://127.0.0.1:3000"
     ml_backend_url: str = "http://127.0.0.1:9090"
     webhook_secret: str = ""  # what Label Studio's webhooks must send to the ML backend (generated into .env)
+    # The profile: `embedded` (SQLite, local folders, file locks: one machine) or `server` (Label Studio, MLflow
+    # and Prefect on PostgreSQL, artifacts and the DVC remote on S3, locks on the Prefect server). docs/scaling.md
+    profile: str = "embedded"
+    database_url: str = ""  # server profile: postgresql://USER:PASSWORD@HOST:PORT; empty: a cluster in <home>/postgres
+    s3_endpoint_url: str = ""  # an S3-compatible endpoint (http://host:9000); empty: AWS S3 itself
+    dvc_remote: str = ""  # where datasets are pushed: s3://bucket/path or a folder; empty: <home>/dvc-remote
+    artifacts_url: str = ""  # where the MLflow server keeps artifacts: s3://bucket/path; empty: <home>/mlartifacts
+
+    @property
+    def server_profile(self) -> bool:
+        return self.profile == "server"
 
     @property
     def label_studio_dir(self) -> Path:
@@ -123,7 +134,14 @@ _ENV_KEYS = {
     "service_url": "POSEOPS_SERVICE_URL",
     "ml_backend_url": "POSEOPS_ML_BACKEND_URL",
     "webhook_secret": "POSEOPS_WEBHOOK_SECRET",
+    "profile": "POSEOPS_PROFILE",
+    "database_url": "POSEOPS_DATABASE_URL",
+    "s3_endpoint_url": "POSEOPS_S3_ENDPOINT_URL",
+    "dvc_remote": "POSEOPS_DVC_REMOTE",
+    "artifacts_url": "POSEOPS_ARTIFACTS_URL",
 }
+PROFILES = ("embedded", "server")
+HTTP_FIELDS = {"label_studio_url", "prefect_url", "mlflow_ui_url", "service_url", "ml_backend_url", "s3_endpoint_url"}
 
 
 class SettingsError(PoseopsError, ValueError):
@@ -153,11 +171,21 @@ def load_settings(env_file: Path | None = None) -> Settings:
     for name, key in _ENV_KEYS.items():
         value = os.environ.get(key) or file_values.get(key)
         if value:
-            kwargs[name] = Path(value) if name in {"home", "label_studio_bin"} else check_url(key, value) if name.endswith("url") else value
+            kwargs[name] = Path(value) if name in {"home", "label_studio_bin"} else check_url(key, value) if name in HTTP_FIELDS else value
+    if kwargs.get("profile", "embedded") not in PROFILES:
+        raise SettingsError(f"POSEOPS_PROFILE={kwargs['profile']!r} is not a profile: use `embedded` (one machine, "
+                            "the default) or `server` (PostgreSQL, S3, locks on the Prefect server; docs/scaling.md)")
+    if kwargs.get("database_url") and not str(kwargs["database_url"]).startswith(("postgresql://", "postgres://")):
+        raise SettingsError("POSEOPS_DATABASE_URL must be a PostgreSQL URL: postgresql://USER:PASSWORD@HOST:PORT")
     settings = Settings(**kwargs)  # type: ignore[arg-type]
     remember_secret(settings.label_studio_password)
     remember_secret(settings.label_studio_token)
     remember_secret(settings.webhook_secret)
+    remember_secret(settings.database_url)
+    if settings.database_url:
+        from urllib.parse import urlsplit
+
+        remember_secret(urlsplit(settings.database_url).password)
     return settings
 
 

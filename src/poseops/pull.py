@@ -247,7 +247,7 @@ def build_dataset(
     if options.version:
         message = f"pull {name}: Label Studio snapshot {snapshot.export_id}, {len(ready.labeled)} labeled images"
         result.dvc_md5, result.pushed, result.git_commit = version_dataset(
-            target, settings, message, dataclasses.replace(result.pull_record, inputs_sha256=digest), options.commit)
+            target, settings, message, dataclasses.replace(result.pull_record, inputs_sha256=digest), options.commit, say)
         say(f"DVC version {result.dvc_md5}, pushed")
     else:
         write_pull_record(record_path, result.pull_record)

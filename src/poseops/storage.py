@@ -50,6 +50,11 @@ def parse_s3_url(url: str, key: str = "the URL") -> S3Location:
     return S3Location(parts.netloc, parts.path.strip("/"))
 
 
+def s3_credentials() -> dict[str, str]:
+    """The AWS credentials (and region) of this process's environment, for a child that talks to S3."""
+    return {key: os.environ[key] for key in CREDENTIAL_KEYS if os.environ.get(key)}
+
+
 def s3_env(settings: Settings) -> dict[str, str]:
     """The environment a child process needs to reach S3: the AWS credentials this process has, and the endpoint.
 
@@ -57,7 +62,7 @@ def s3_env(settings: Settings) -> dict[str, str]:
     store; both only when `POSEOPS_S3_ENDPOINT_URL` is set (else boto3 goes to AWS itself).
     Give it to the child with `child_env(s3_env(settings))`.
     """
-    env = {key: os.environ[key] for key in CREDENTIAL_KEYS if os.environ.get(key)}
+    env = s3_credentials()
     if settings.s3_endpoint_url:
         env |= {"AWS_ENDPOINT_URL": settings.s3_endpoint_url, "MLFLOW_S3_ENDPOINT_URL": settings.s3_endpoint_url}
     return env
@@ -66,8 +71,10 @@ def s3_env(settings: Settings) -> dict[str, str]:
 def s3_client(settings: Settings):
     """A boto3 S3 client for the configured endpoint (AWS when none), with the environment's credentials."""
     import boto3
+    from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None)
+    config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 2})  # a check, not a transfer
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None, config=config)
 
 
 def _where(settings: Settings) -> str:

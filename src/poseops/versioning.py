@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from poseops.dvc import DvcError, run_dvc
 from poseops.pull_results import DvcPushError, PullError, PullRecord, pull_record_path, write_pull_record
 from poseops.settings import Settings
+from poseops.storage import StorageError, check_bucket, is_s3_url, wanted_dvc_remote
+
+log = logging.getLogger(__name__)
 
 
 def _run(cmd: list[str], cwd: Path, what: str) -> str:
@@ -37,14 +42,37 @@ def repo_root(path: Path) -> Path:
     return Path(r.stdout.strip())
 
 
-def ensure_dvc(root: Path, settings: Settings) -> None:
-    """DVC initialized in the repository, with a default remote (a local folder on first use)."""
+def ensure_dvc(root: Path, settings: Settings) -> str | None:
+    """DVC initialized in the repository, with the default remote the settings ask for.
+
+    POSEOPS_DVC_REMOTE empty: a remote configured by hand is kept, and a repository without one gets
+    the local folder `<home>/dvc-remote`. POSEOPS_DVC_REMOTE set (s3://… or a folder): it is the default
+    remote, with POSEOPS_S3_ENDPOINT_URL as its endpoint, in `.dvc/config` (committed with the version;
+    the credentials stay in the environment). Returns what changed in an existing setup, for the log.
+    """
     if not (root / ".dvc").is_dir():
         dvc(["init", "-q"], root, "dvc init")
-    if not dvc(["remote", "list"], root, "dvc remote list").strip():
-        remote = (settings.home / "dvc-remote").resolve()
-        remote.mkdir(parents=True, exist_ok=True)
-        dvc(["remote", "add", "-d", "local", str(remote)], root, "dvc remote add")
+    try:
+        wanted = wanted_dvc_remote(settings)
+    except StorageError as e:
+        raise PullError(str(e)) from None
+    config = dict(line.partition("=")[::2] for line in dvc(["config", "--list"], root, "dvc config --list").splitlines())
+    current = config.get("core.remote")
+    if not settings.dvc_remote and any(key.startswith("remote.") for key in config):
+        return None
+    have = (current, config.get(f"remote.{current}.url"), config.get(f"remote.{current}.endpointurl"))
+    if have == (wanted.name, wanted.url, wanted.endpointurl):
+        return None
+    if not is_s3_url(wanted.url):
+        Path(wanted.url).mkdir(parents=True, exist_ok=True)
+    dvc(["remote", "add", "-d", "-f", wanted.name, wanted.url], root, "dvc remote add")
+    if wanted.endpointurl:
+        dvc(["remote", "modify", wanted.name, "endpointurl", wanted.endpointurl], root, "dvc remote modify")
+    if current is None:
+        return None
+    was = f"{current!r} ({have[1]}{f', endpoint {have[2]}' if have[2] else ''})"
+    now = f"{wanted.name!r} ({wanted.url}{f', endpoint {wanted.endpointurl}' if wanted.endpointurl else ''})"
+    return f"DVC remote: POSEOPS_DVC_REMOTE makes {now} the default remote of {root}, instead of {was}"
 
 
 def default_remote(root: Path) -> str:
@@ -54,6 +82,17 @@ def default_remote(root: Path) -> str:
         return f"{name!r} ({dvc(['config', f'remote.{name}.url'], root, 'dvc config').strip()})"
     except PullError:
         return "(see `dvc remote list`)"
+
+
+def bucket_problem(settings: Settings) -> str | None:
+    """Why the S3 bucket of POSEOPS_DVC_REMOTE cannot be used (endpoint, bucket, what to do); None if it can."""
+    if not is_s3_url(settings.dvc_remote):
+        return None
+    try:
+        check_bucket(settings, settings.dvc_remote, "POSEOPS_DVC_REMOTE")
+    except StorageError as e:
+        return str(e)
+    return None
 
 
 def dvc_md5(dvc_file: Path) -> str:
@@ -71,7 +110,8 @@ def _recorded_inputs(record_path: Path) -> str | None:
 
 
 def version_dataset(
-    dataset_dir: Path, settings: Settings, message: str, record: PullRecord, commit: bool = True
+    dataset_dir: Path, settings: Settings, message: str, record: PullRecord, commit: bool = True,
+    say: Callable[[str], None] = log.info,
 ) -> tuple[str, bool, str | None]:
     """`dvc add` + `dvc push` the dataset and commit its .dvc file and pull record.
 
@@ -80,7 +120,8 @@ def version_dataset(
     take the data, the version is still recorded and committed locally, then DvcPushError says so.
     """
     root = repo_root(dataset_dir.parent)
-    ensure_dvc(root, settings)
+    if (change := ensure_dvc(root, settings)) is not None:
+        say(change)
     rel = dataset_dir.resolve().relative_to(root)
     dvc_file = root / f"{rel}.dvc"
     before = dvc_md5(dvc_file) if dvc_file.is_file() else None
@@ -92,6 +133,7 @@ def version_dataset(
         dvc(["push", str(dvc_file.relative_to(root))], root, "dvc push")  # not -q: that hides its error
     except PullError as e:
         push_failure = str(e)  # the version is in the local DVC cache: committed below, pushed later
+        push_failure = bucket_problem(settings) or push_failure
     # the inputs' digest only once pushed: a later pull of the same labels skips the rebuild, so it must not skip the push
     inputs = record.inputs_sha256 if push_failure is None else None
     if md5 != before or not record_path.is_file() or _recorded_inputs(record_path) != inputs:

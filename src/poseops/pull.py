@@ -42,9 +42,9 @@ from poseops.pull_results import (  # noqa: F401 - the pull's errors and results
     write_pull_record,
 )
 from poseops.safepaths import check_dataset_name, inside_project, open_lock_file, scratch_dir, swap_into_place
-from poseops.settings import Settings
+from poseops.settings import Settings, load_settings
 from poseops.skeleton import Skeleton
-from poseops.versioning import dvc, dvc_md5, ensure_dvc, repo_root, version_dataset  # noqa: F401
+from poseops.versioning import dvc, dvc_md5, ensure_dvc, remote_outdated, repo_root, version_dataset  # noqa: F401
 
 _DEFAULTS = PullParams()
 
@@ -353,7 +353,7 @@ def unchanged_version(target: Path, options: PullOptions, digest: str) -> PullRe
     """
     import yaml
 
-    if not options.version:
+    if not options.version or remote_outdated(target, load_settings()):  # a new POSEOPS_DVC_REMOTE: push there
         return None
     record_path = pull_record_path(target)
     try:

@@ -75,6 +75,27 @@ def ensure_dvc(root: Path, settings: Settings) -> str | None:
     return f"DVC remote: POSEOPS_DVC_REMOTE makes {now} the default remote of {root}, instead of {was}"
 
 
+def remote_outdated(dataset_dir: Path, settings: Settings) -> bool:
+    """Whether POSEOPS_DVC_REMOTE asks for another default remote than the repository's DVC config names
+    (read from `.dvc/config` and `config.local` directly: milliseconds, for the no-change pull)."""
+    from configobj import ConfigObj, ConfigObjError
+
+    if not settings.dvc_remote:
+        return False
+    try:
+        root = repo_root(dataset_dir.parent)
+        wanted = wanted_dvc_remote(settings)
+        merged: dict[str, dict] = {}
+        for path in (root / ".dvc" / "config", root / ".dvc" / "config.local"):
+            for section, values in ConfigObj(str(path), file_error=False).items():
+                merged.setdefault(section, {}).update(values)
+    except (PullError, StorageError, ConfigObjError):
+        return True  # build and version again: ensure_dvc then says what is wrong
+    name = merged.get("core", {}).get("remote")
+    remote = merged.get(f'remote "{name}"', {})
+    return (name, remote.get("url"), remote.get("endpointurl")) != (wanted.name, wanted.url, wanted.endpointurl)
+
+
 def default_remote(root: Path) -> str:
     """`'name' (url)` of the DVC remote `dvc push` uses, for messages."""
     try:

@@ -14,15 +14,13 @@ the second fails at once, saying so.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +39,7 @@ from poseops.pull_results import (  # noqa: F401 - the pull's errors and results
     pull_record_path,
     write_pull_record,
 )
-from poseops.safepaths import check_dataset_name, inside_project, open_lock_file, scratch_dir, swap_into_place
+from poseops.safepaths import check_dataset_name, inside_project, scratch_dir, swap_into_place
 from poseops.settings import Settings, load_settings
 from poseops.skeleton import Skeleton
 from poseops.versioning import dvc, dvc_md5, ensure_dvc, remote_outdated, repo_root, version_dataset  # noqa: F401
@@ -176,31 +174,27 @@ def check_ready(tasks: list[dict], options: PullOptions, dataset: str, skeleton:
 
 
 @contextmanager
-def dataset_lock(data_root: Path, name: str) -> Iterator[None]:
-    """One pull per dataset at a time: the second fails clearly instead of mixing two datasets.
+def dataset_lock(data_root: Path, name: str, settings: Settings | None = None) -> Iterator[None]:
+    """One pull per dataset at a time: the second fails at once, clearly, instead of mixing two datasets.
 
+    The lock (`poseops.locks`, `pull-<name>`) is `data/.<name>.lock` on the embedded profile and a
+    Prefect global concurrency limit on the server profile, so pulls on two machines exclude each other.
     The name and the data root are checked before anything is made: a bad name, or a data
     root outside the project, is refused with nothing created or changed.
     """
+    from poseops.locks import LockBusy, exclusive
+
     check_dataset_name(name)
     inside_project(data_root, "pull.data_root")
     data_root.mkdir(parents=True, exist_ok=True)
     ignore_scratch_files(data_root)
-    with open_lock_file(data_root / f".{name}.lock") as lock:
+    with ExitStack() as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            raise PullError(f"another pull of {name!r} is running ({holder}); wait for it to finish, then pull again") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}")
-        lock.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            held.enter_context(exclusive(settings, f"pull-{name}", wait_s=0, lock_file=data_root / f".{name}.lock"))
+        except LockBusy as e:
+            raise PullError(f"another pull of {name!r} is running ({e.holder}); wait for it to finish, then pull "
+                            "again") from None
+        yield
 
 
 SCRATCH_PATTERNS = ("/.*.lock", "/.*.tmp", "/.*.old")

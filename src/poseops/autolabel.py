@@ -41,11 +41,14 @@ class AutolabelOptions:
     redo: bool = False  # also tasks that already have a prediction from this model version
     workers: int = AutolabelParams.workers
     score: str = AutolabelParams.score  # what a prediction's score measures (poseops.scores)
+    video_dirs: tuple[str, ...] = field(default_factory=lambda: tuple(AutolabelParams().video_dirs))  # temporal score
+    diversity_quota: int = AutolabelParams.diversity_quota  # poseops.diversity; 0: none
 
     @classmethod
     def of(cls, section: AutolabelParams, redo: bool = False) -> AutolabelOptions:
         return cls(conf_thres=section.conf_thres, iou_thres=section.iou_thres, keypoint_conf=section.keypoint_conf,
-                   redo=redo, workers=section.workers, score=section.score)
+                   redo=redo, workers=section.workers, score=section.score, video_dirs=tuple(section.video_dirs),
+                   diversity_quota=section.diversity_quota)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class AutolabelReport:
     skipped_labeled: int = 0
     skipped_done: int = 0
     failed: dict[int, str] = field(default_factory=dict)
+    thumbnails: dict[int, Any] = field(default_factory=dict)  # task id → its picture's embedding (diversity quota)
 
 
 def detection_to_pose(skeleton: Skeleton, detection: dict, width: int, height: int, keypoint_conf: float) -> Pose:
@@ -83,13 +87,15 @@ def _unit(v: float) -> float:
 
 
 def prediction_of(skeleton: Skeleton, detections: Detections, width: int, height: int, options: AutolabelOptions,
-                  mirror: Callable[[], Detections]) -> tuple[list[dict], float]:
+                  mirror: Callable[[], Detections],
+                  neighbours: Callable[[], list[Detections] | None] | None = None) -> tuple[list[dict], float]:
     """Label Studio result regions and their score (`options.score`, poseops.scores; `mirror()` detects in the
-    mirror image, called only for the flip score)."""
+    mirror image, `neighbours()` in a video frame's neighbours (poseops.neighbour_frames), called only for the
+    scores that need them)."""
     from poseops import scores
 
     poses = [detection_to_pose(skeleton, d, width, height, options.keypoint_conf) for d in detections]
-    score = scores.score(options.score, detections, skeleton, width, mirror)
+    score = scores.score(options.score, detections, skeleton, width, mirror, neighbours or scores.no_neighbours)
     return poses_to_results(skeleton, poses, width, height, prefix="m"), score
 
 
@@ -150,14 +156,19 @@ def label_tasks(
     from concurrent.futures import ThreadPoolExecutor
 
     from poseops import scores
+    from poseops.neighbour_frames import neighbours_of
 
     def one(task: dict) -> tuple[dict, list[dict], float] | None:
         try:
             path = images[task["id"]]
             width, height = image_size(path)
             content = path.read_bytes()
+            picture = functools.cache(lambda: scores.decode(content))
             result, score = prediction_of(skeleton, detect(content), width, height, options,
-                                          lambda: scores.detect_mirrored(detect, content))
+                                          lambda: scores.detect_mirrored(detect, picture()),
+                                          neighbours_of(task.get("data"), picture, options.video_dirs,
+                                                        scores.on_arrays(detect)))
+            keep_thumbnail(report, task["id"], picture(), options)
             return task, result, score
         except Exception as e:  # noqa: BLE001 - one bad image must not stop the batch; it is reported
             report.failed[task["id"]] = f"{type(e).__name__}: {e}"
@@ -174,6 +185,17 @@ def label_tasks(
         record_write(report, predicted, e)
         return
     record_write(report, predicted)
+
+
+def keep_thumbnail(report: AutolabelReport, task_id: int, image: Any, options: AutolabelOptions) -> None:
+    """The decoded picture's embedding for the diversity quota (poseops.diversity), when there is a quota.
+    A picture that is not a decoded image (an array) has none, and is compared with no other."""
+    import numpy as np
+
+    if options.diversity_quota and isinstance(image, np.ndarray) and image.size:
+        from poseops.frames import embed
+
+        report.thumbnails[task_id] = embed(image)
 
 
 def record_write(report: AutolabelReport, predicted: list[tuple[dict, list[dict], float]],
@@ -240,8 +262,10 @@ def model_version_of(service_url: str | None, weights: str | None) -> str:
 
 def slim(task: dict) -> dict:
     """What a batch needs of a task (flow parameters travel serialized, so keep them small)."""
+    from poseops.video_ingest import VIDEO_FIELDS
+
     data = task.get("data") or {}
-    return {"id": task["id"], "data": {k: data[k] for k in ("image", "sha256") if k in data},
+    return {"id": task["id"], "data": {k: data[k] for k in ("image", "sha256", *VIDEO_FIELDS) if k in data},
             "predictions": [{"id": p["id"], "model_version": p.get("model_version")} for p in task.get("predictions") or []]}
 
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poseops.autolabel import AutolabelOptions, AutolabelReport, Detections, prediction_of, record_write
+from poseops.autolabel import AutolabelOptions, AutolabelReport, Detections, keep_thumbnail, prediction_of, record_write
 from poseops.datasets import image_size
 from poseops.imageio import check_within_budget
+from poseops.neighbour_frames import neighbours_of
 from poseops.skeleton import Skeleton
 
 Predicted = tuple[dict, list[dict], float]  # task, result regions, score
@@ -192,7 +193,10 @@ def run_pipeline(
                     detections = model.detect(item.image)
                     image = item.image
                     result, score = prediction_of(skeleton, detections, *item.size, options,
-                                                  lambda: model.detect(model.mirrored(image)))  # noqa: B023
+                                                  lambda: model.detect(model.mirrored(image)),  # noqa: B023
+                                                  neighbours_of(item.task.get("data"), lambda: image,  # noqa: B023
+                                                                options.video_dirs, model.detect))
+                    keep_thumbnail(report, item.task["id"], image, options)
                     predicted.append((item.task, result, score))
                     continue
                 except Exception as e:  # noqa: BLE001 - reported per task, like a bad image

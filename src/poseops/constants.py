@@ -18,4 +18,4 @@ DEFAULT_IOU_THRES = 0.45
 ML_BACKEND_TITLE = "poseops champion"
 
 # What an autolabel prediction's `score` measures (poseops.scores): Label Studio serves the lowest first.
-SCORES = ("confidence", "min_keypoint", "flip")
+SCORES = ("confidence", "min_keypoint", "flip", "temporal")

@@ -187,11 +187,12 @@ def scan(video: Video, stride: int, on_progress: Callable[[int], None] | None = 
                       decoded, duplicates)
 
 
-def distances(embeddings: np.ndarray) -> np.ndarray:
-    """RMS grey-level difference between every pair of embeddings (a square matrix)."""
+def distances(embeddings: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
+    """RMS grey-level difference between every pair of embeddings (a square matrix), or from each of
+    `embeddings` (rows) to each of `others` (columns)."""
     x = np.asarray(embeddings, dtype=np.float64)
-    squared = (x * x).sum(1)
-    d2 = np.maximum(squared[:, None] + squared[None, :] - 2 * x @ x.T, 0.0)
+    y = x if others is None else np.asarray(others, dtype=np.float64)
+    d2 = np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T, 0.0)
     return np.sqrt(d2 / max(1, x.shape[1]))
 
 

@@ -272,6 +272,10 @@ class AutolabelParams:
     iou_thres: float = _fraction(DEFAULT_IOU_THRES)
     keypoint_conf: float = _fraction(0.5)  # keypoints below this are left for the annotator
     score: str = _spec("confidence", choices=SCORES)  # what orders the queue (poseops.scores); flip: 2 inferences
+    # temporal score: folders holding the videos of video frames (found by file name, checked by content hash)
+    video_dirs: list[str] = _spec(["."])
+    # at most this many near-identical pictures (poseops.diversity) per tier of the queue; 0: no quota
+    diversity_quota: int = _spec(3, lo=0)
 
 
 @dataclass(frozen=True)

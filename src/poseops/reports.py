@@ -123,13 +123,16 @@ class AutolabelSummary:
     skipped_done: int
     least_confident: list[tuple[int, float]]  # (task id, score), lowest first
     score: str = "confidence"  # what the scores measure (params autolabel.score, poseops.scores)
+    diversity_quota: int = 0  # near-identical pictures per tier of the queue (poseops.diversity); 0: none
+    moved_back: int = 0  # tasks the quota moved back (their score + their tier)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 SCORE_MEANS = {"confidence": "mean detection confidence", "min_keypoint": "least confident keypoint",
-               "flip": "agreement with the mirror image's prediction"}
+               "flip": "agreement with the mirror image's prediction",
+               "temporal": "agreement with the neighbouring frames' predictions (flip for non-video images)"}
 
 
 def autolabel_markdown(s: AutolabelSummary) -> str:
@@ -143,6 +146,9 @@ def autolabel_markdown(s: AutolabelSummary) -> str:
         f"| task | score ({SCORE_MEANS.get(s.score, s.score)}) |", "|---|---|",
         *[f"| {task_id} | {score:.3f} |" for task_id, score in s.least_confident],
     ]
+    if s.diversity_quota:
+        lines += ["", f"Diversity quota: at most {s.diversity_quota} near-identical pictures before the queue moves on; "
+                  f"{s.moved_back} task(s) moved back (score + 1 per quota of near-identical tasks before them).", ""]
     lines += [f"- task {task_id} failed: {why}" for task_id, why in list(s.failed.items())[:50]]
     return "\n".join(lines) + "\n"
 

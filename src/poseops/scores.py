@@ -8,8 +8,12 @@ agreement or a confidence in [0, 1]:
 - `flip`: how well the prediction agrees with the prediction of the mirrored image, mapped back
   with the spec's flip pairs (object keypoint similarity, OKS). A model unsure of left and right
   answers the mirror differently; an image that is the same mirrored needs no flip pairs.
-- `temporal`: for video frames, how well the prediction agrees with the neighbouring frame's
-  (OKS): a jump between frames a few milliseconds apart is a mistake in one of them.
+- `temporal`: for video frames, how well the prediction agrees with the predictions of the frames
+  just before and after it in the video (OKS, the mean of both): a jump between frames a few
+  milliseconds apart is a mistake in one of them (`poseops.neighbour_frames` reads them). A task
+  that is not a video frame, or whose video cannot be read, gets the `flip` score instead: the
+  same kind of measure (the agreement of two predictions that should agree), so one queue ranks
+  frames and photos on one scale.
 
 Detections are the service's (`inference.detections_from_result`): boxes and keypoints in pixels.
 """
@@ -91,29 +95,51 @@ def flip(detections: Detections, detections_of_mirror: Detections, skeleton: Ske
     return agreement(detections, mirrored(detections_of_mirror, skeleton, width), skeleton)
 
 
-def temporal(detections: Detections, neighbour: Detections | None, skeleton: Skeleton) -> float:
-    """Agreement with the neighbouring frame's prediction; 1 when there is no neighbour to compare with."""
-    return 1.0 if neighbour is None else agreement(detections, neighbour, skeleton)
+def temporal(detections: Detections, neighbours: Sequence[Detections], skeleton: Skeleton) -> float:
+    """The mean agreement with the neighbouring frames' predictions; 1 when there is none to compare with."""
+    return statistics.fmean(agreement(detections, n, skeleton) for n in neighbours) if neighbours else 1.0
 
 
-def score(kind: str, detections: Detections, skeleton: Skeleton, width: float,
-          mirror: Callable[[], Detections]) -> float:
-    """The prediction's score of `kind` (params `autolabel.score`); `mirror()` detects in the mirrored image."""
+def no_neighbours() -> list[Detections] | None:
+    return None
+
+
+def score(kind: str, detections: Detections, skeleton: Skeleton, width: float, mirror: Callable[[], Detections],
+          neighbours: Callable[[], list[Detections] | None] = no_neighbours) -> float:
+    """The prediction's score of `kind` (params `autolabel.score`); `mirror()` detects in the mirrored image,
+    `neighbours()` in the neighbouring frames of its video (None: not a video frame, or its video unreadable)."""
     if kind == "confidence":
         return confidence(detections)
     if kind == "min_keypoint":
         return min_keypoint(detections)
     if kind == "flip":
         return flip(detections, mirror(), skeleton, width)
+    if kind == "temporal":
+        around = neighbours()
+        return flip(detections, mirror(), skeleton, width) if around is None else temporal(detections, around, skeleton)
     raise ValueError(f"autolabel.score {kind!r}: use one of {', '.join(SCORES)}")
 
 
-def detect_mirrored(detect: Callable[[bytes], Detections], content: bytes) -> Detections:
-    """What a detector of encoded images finds in the mirror image of `content`."""
+def decode(content: bytes):
+    """An encoded image as OpenCV's BGR array; ValueError when it cannot be decoded."""
     import cv2
     import numpy as np
 
     image = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError("the image cannot be decoded")
-    return detect(cv2.imencode(".png", cv2.flip(image, 1))[1].tobytes())
+    return image
+
+
+def on_arrays(detect: Callable[[bytes], Detections]) -> Callable[[Any], Detections]:
+    """A detector of encoded images as a detector of decoded ones (each encoded as PNG, lossless)."""
+    import cv2
+
+    return lambda image: detect(cv2.imencode(".png", image)[1].tobytes())
+
+
+def detect_mirrored(detect: Callable[[bytes], Detections], image: bytes | Any) -> Detections:
+    """What a detector of encoded images finds in the mirror image of `image` (encoded, or decoded)."""
+    import cv2
+
+    return on_arrays(detect)(cv2.flip(decode(image) if isinstance(image, bytes) else image, 1))

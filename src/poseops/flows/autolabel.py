@@ -113,6 +113,16 @@ def label_in_this_process(dataset: str, project_id: int, batches: list[list[dict
 
 
 @task(**NETWORK_RETRIES)
+def diversity_quota(predicted: dict[int, float], thumbnails: dict, quota: int,
+                    model_version: str) -> tuple[dict[int, float], int]:
+    """Near-identical pictures move back in the queue beyond the quota (poseops.diversity)."""
+    from poseops.diversity import apply_quota
+
+    with label_studio(load_settings()) as client:
+        return apply_quota(client, predicted, thumbnails, quota, model_version)
+
+
+@task(**NETWORK_RETRIES)
 def show_version(project_id: int, model_version: str) -> None:
     with label_studio(load_settings()) as client:
         steps.show_model_version(client, project_id, model_version)
@@ -138,11 +148,15 @@ def autolabel(dataset: str = "demo-people", service_url: str | None = None, weig
             dataset, project_id, batches, model_version, service_url, weights, options)
     predicted = {int(k): v for r in reports for k, v in r.predicted.items()}
     failed = {int(k): v for r in reports for k, v in r.failed.items()}
+    moved_back = 0
+    if predicted and options.diversity_quota:
+        thumbnails = {int(k): v for r in reports for k, v in r.thumbnails.items()}
+        predicted, moved_back = diversity_quota(predicted, quote(thumbnails), options.diversity_quota, model_version)
     if predicted:
         show_version(project_id, model_version)
     summary = AutolabelSummary(dataset=dataset, model_version=model_version, predicted=len(predicted), failed=failed,
                                least_confident=sorted(predicted.items(), key=lambda kv: kv[1])[:20], score=options.score,
-                               **skipped)
+                               diversity_quota=options.diversity_quota, moved_back=moved_back, **skipped)
     create_markdown_artifact(key=artifact_key("autolabel", dataset), markdown=autolabel_markdown(summary),
                              description=f"autolabel of {dataset} with {model_version}")
     if failed:

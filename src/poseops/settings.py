@@ -46,10 +46,15 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def secure_home(home: Path) -> Path:
-    """Create the poseops home readable by its owner only (0700), and tighten an existing one and its databases."""
+    """Create the poseops home readable by its owner only (0700), and tighten an existing one and its databases.
+
+    A home holding a PostgreSQL cluster run by another OS user (`poseops.postgres`, under root) stays 0711: that
+    user must pass through it to its data folder, and may not list it.
+    """
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     if home.stat().st_uid == os.getuid():
-        home.chmod(0o700)
+        cluster = home / "postgres" / "data"
+        home.chmod(0o711 if cluster.is_dir() and cluster.stat().st_uid != os.getuid() else 0o700)
         for db in (*home.glob("*.db"), *home.glob("*/*.db"), *home.glob("*/*.sqlite3")):
             if db.is_file() and not db.is_symlink():
                 db.chmod(0o600)

@@ -7,6 +7,8 @@ happened and what to do; the API token never appears in one.
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +38,13 @@ class Project:
     url: str
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's CAs), made once: making one reads the CA bundle (~35 ms), and
+    a client is made per Prefect task (an autolabel batch's fetch and write, each step of a pull)."""
+    return httpx.create_ssl_context()
+
+
 class LabelStudioClient:
     def __init__(self, settings: Settings, timeout: float = 60.0, retries: int = len(RETRY_DELAYS)):
         """`retries`: tries again after a connection error or a 5xx; 0 where a caller retries (a Prefect task)."""
@@ -50,6 +59,7 @@ class LabelStudioClient:
         self.http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Token {self._token}"},
+            verify=tls_context(),
             timeout=timeout,
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
         )
@@ -124,13 +134,14 @@ class LabelStudioClient:
         return Project(d["id"], d["title"], d.get("label_config", ""), f"{self.url}/projects/{d['id']}")
 
     def find_project(self, title: str) -> Project | None:
+        """The project with this title (one request: the list's items are whole projects), or None."""
         page = 1
         while True:
             data = self.json("GET", "/api/projects", params={"title": title, "page": page, "page_size": 100})
             items = data["results"] if isinstance(data, dict) else data
             for d in items:
                 if d["title"] == title:
-                    return self.get_project(d["id"])
+                    return self._project(d)
             if not isinstance(data, dict) or not data.get("next"):
                 return None
             page += 1

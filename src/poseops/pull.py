@@ -81,36 +81,30 @@ class Snapshot:
 
 
 def export_snapshot(client: LabelStudioClient, project_id: int, timeout: float = 600.0) -> Snapshot:
-    """Create an export snapshot of every task (labeled or not), wait for it, download its JSON."""
-    sdk = client.sdk
-    try:
-        export = sdk.projects.exports.create(project_id, title=f"poseops pull {datetime.now(UTC):%Y-%m-%d %H:%M:%S}")
-        deadline = time.monotonic() + timeout
-        status = export.status
-        while status not in ("completed", "failed"):
-            if time.monotonic() > deadline:
-                raise LabelStudioError(f"export snapshot {export.id} of project {project_id} not ready after {timeout:.0f} s")
-            time.sleep(0.5)
-            status = sdk.projects.exports.get(project_id, export.id).status
-        if status == "failed":
-            raise LabelStudioError(f"Label Studio failed to build export snapshot {export.id}; see its log")
-        raw = b"".join(sdk.projects.exports.download(project_id, export.id, export_type="JSON"))
-    except LabelStudioError:
-        raise
-    except Exception as e:  # the SDK raises its own HTTP and connection errors
-        raise LabelStudioError(
-            f"exporting project {project_id} from Label Studio at {client.url} failed ({type(e).__name__}: "
-            f"{str(e)[:300]}). Is it running? `poseops labelstudio status`"
-        ) from None
+    """Create an export snapshot of every task (labeled or not), wait for it, download its JSON.
+
+    Plain API calls through `client` (its connection and its errors), not the SDK's client of its own.
+    """
+    exports = f"/api/projects/{project_id}/exports"
+    export = client.json("POST", f"{exports}/", json={"title": f"poseops pull {datetime.now(UTC):%Y-%m-%d %H:%M:%S}"})
+    deadline = time.monotonic() + timeout
+    while (status := export.get("status")) not in ("completed", "failed"):
+        if time.monotonic() > deadline:
+            raise LabelStudioError(f"export snapshot {export['id']} of project {project_id} not ready after {timeout:.0f} s")
+        time.sleep(0.5)
+        export = client.json("GET", f"{exports}/{export['id']}")
+    if status == "failed":
+        raise LabelStudioError(f"Label Studio failed to build export snapshot {export['id']}; see its log")
+    raw = client.request("GET", f"{exports}/{export['id']}/download", params={"exportType": "JSON"}).content
     from poseops.convert import ExportError, check_tasks
 
     try:
-        tasks = check_tasks(json.loads(raw), f"export snapshot {export.id} of project {project_id}")
+        tasks = check_tasks(json.loads(raw), f"export snapshot {export['id']} of project {project_id}")
     except json.JSONDecodeError as e:
-        raise LabelStudioError(f"export snapshot {export.id} is not JSON ({e})") from None
+        raise LabelStudioError(f"export snapshot {export['id']} is not JSON ({e})") from None
     except ExportError as e:
         raise LabelStudioError(str(e)) from None
-    return Snapshot(project_id, export.id, tasks)
+    return Snapshot(project_id, export["id"], tasks)
 
 
 # --- the ready gate ------------------------------------------------------------------------

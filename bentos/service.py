@@ -14,7 +14,7 @@ from pathlib import Path
 
 import bentoml
 
-from poseops.detect_api import create_app
+from poseops.detect_api import REQUEST_TIMEOUT_S, create_app
 
 # In a Bento built by `poseops deploy`, this file names the model store entry it serves
 # (packed into the Bento); otherwise the weights come from POSEOPS_WEIGHTS.
@@ -24,7 +24,7 @@ MODEL_TAG = json.loads(DEPLOYED_MODEL.read_text())["tag"] if DEPLOYED_MODEL.is_f
 http_app = create_app(lambda: bentoml.get_current_service().detector, static_dir=Path(__file__).parent / "static")
 
 
-@bentoml.service(name="poseops", traffic={"timeout": 120}, workers=1)
+@bentoml.service(name="poseops", traffic={"timeout": REQUEST_TIMEOUT_S}, workers=1)
 @bentoml.asgi_app(http_app, path="/")
 class PoseDetector:
     """YOLO-pose detections with the skeleton spec's keypoint names; see docs/api.md."""

@@ -17,27 +17,32 @@ import logging
 import math
 import struct
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request  # FastAPI resolves the handlers' annotations in this module
 from starlette.responses import Response
 
+from poseops.api_schemas import DETECT_OPENAPI
+from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES
 from poseops.detector import MAX_IMAGE_BYTES, Detector
 from poseops.imageio import MAX_SIDE, PixelBudget
 
 if TYPE_CHECKING:
     import numpy as np
     from fastapi import FastAPI
+    from starlette.datastructures import UploadFile
     from starlette.types import Receive
 
 log = logging.getLogger(__name__)
 
 FORM_SLACK_BYTES = 64 * 1024  # room for the small form fields and multipart boundaries beside the image
 FIELDS = ("image", "conf_thres", "iou_thres", "ocr_model", "ocr_classes", "ocr_language")
-DEFAULTS = {"conf_thres": 0.25, "iou_thres": 0.45, "ocr_language": "eng"}
+DEFAULTS = {"conf_thres": DEFAULT_CONF_THRES, "iou_thres": DEFAULT_IOU_THRES, "ocr_language": "eng"}
 INFERENCE_THREADS = 4  # requests decoded/predicted at once; the model itself runs one image at a time
+REQUEST_TIMEOUT_S = 120  # the server's limit per request (bentos/service.py gives it to BentoML as traffic.timeout)
 
 
 class ApiError(Exception):
@@ -181,13 +186,32 @@ def _capped(receive: Receive, limit: int) -> Receive:
     return capped_receive
 
 
-def _too_large() -> ApiError:
-    return ApiError(
-        413,
-        "image_too_large",
-        f"the upload is over {MAX_IMAGE_BYTES // (1024 * 1024)} MB: scale the image down or re-encode it (JPEG) before sending",
-        headers={"Connection": "close"},
-    )
+@dataclass(frozen=True)
+class UploadForm:
+    """What one endpoint's multipart form takes: its fields, the one file among them, and the file's size cap."""
+
+    path: str  # the endpoint, for the messages
+    fields: tuple[str, ...]
+    file_field: str  # "image": the error codes are missing_image, image_too_large, ...
+    max_bytes: int
+    example: str  # a curl call that sends the file right
+    shrink: str  # what to do about a file over the cap
+
+    def too_large(self) -> ApiError:
+        return ApiError(
+            413,
+            f"{self.file_field}_too_large",
+            f"the upload is over {self.max_bytes / (1024 * 1024):,.0f} MB ({self.max_bytes:,} bytes): {self.shrink} before sending",
+            headers={"Connection": "close"},
+        )
+
+
+IMAGE_FORM = UploadForm("/detect", FIELDS, "image", MAX_IMAGE_BYTES, "curl -F image=@photo.jpg URL/detect",
+                        "scale the image down or re-encode it (JPEG)")
+
+
+async def _read_bytes(item: UploadFile) -> bytes:
+    return await item.read()
 
 
 def error_response(error: ApiError) -> Response:
@@ -196,77 +220,97 @@ def error_response(error: ApiError) -> Response:
     return JSONResponse({"error": error.code, "message": error.message}, status_code=error.status, headers=error.headers)
 
 
-async def read_form(request: Request) -> dict[str, Any]:
-    """The form fields, the image as bytes; 400/413 `ApiError` for anything the API does not take."""
+async def read_form(
+    request: Request, form: UploadForm = IMAGE_FORM, keep: Callable[[UploadFile], Awaitable[Any]] = _read_bytes
+) -> dict[str, Any]:
+    """The form fields, the file as `keep` keeps it (the image's bytes); 400/413 `ApiError` for anything the API does not take."""
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
     from starlette.requests import Request as StarletteRequest
 
+    noun = form.file_field
     content_type = request.headers.get("content-type", "")
     kind = content_type.split(";", 1)[0].strip().lower()  # media types are case-insensitive (RFC 9110)
     if not kind or kind == "application/x-www-form-urlencoded":
-        raise ApiError(  # a plain form or no body: certainly no image file in it
+        raise ApiError(  # a plain form or no body: certainly no file in it
             400,
-            "missing_image",
-            "no image in the request: send multipart/form-data with the image as a file field named 'image', "
-            "e.g. curl -F image=@photo.jpg URL/detect",
+            f"missing_{noun}",
+            f"no {noun} in the request: send multipart/form-data with the {noun} as a file field named '{noun}', e.g. {form.example}",
         )
     if kind != "multipart/form-data":
         raise ApiError(
             400,
             "not_multipart",
-            f"POST /detect takes multipart/form-data (got {content_type}): "
-            "send the image as a file field named 'image', e.g. curl -F image=@photo.jpg URL/detect",
+            f"POST {form.path} takes multipart/form-data (got {content_type}): "
+            f"send the {noun} as a file field named '{noun}', e.g. {form.example}",
         )
-    limit = MAX_IMAGE_BYTES + FORM_SLACK_BYTES
+    limit = form.max_bytes + FORM_SLACK_BYTES
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise _too_large()
+        raise form.too_large()
     capped = StarletteRequest(request.scope, _capped(request.receive, limit))
     try:
-        form = await capped.form(max_files=4, max_fields=len(FIELDS) + 4)
+        parsed = await capped.form(max_files=4, max_fields=len(form.fields) + 4)
     except _BodyTooLarge:
-        raise _too_large() from None
+        raise form.too_large() from None
     except HTTPException as e:
         raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed ({e.detail}): let your HTTP client build it") from None
     try:
-        unknown = sorted(set(form.keys()) - set(FIELDS))
+        unknown = sorted(set(parsed.keys()) - set(form.fields))
         if unknown:
-            raise ApiError(400, "unknown_field", f"unknown form field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
+            raise ApiError(400, "unknown_field", f"unknown form field {unknown[0]!r}: the fields are {', '.join(form.fields)}")
         values: dict[str, Any] = {}
-        for name in FIELDS:
-            items = form.getlist(name)
+        for name in form.fields:
+            items = parsed.getlist(name)
             if len(items) > 1:
-                raise ApiError(400, "repeated_field", f"the field {name!r} is sent {len(items)} times: send it once (one image per request)")
+                raise ApiError(400, "repeated_field", f"the field {name!r} is sent {len(items)} times: send it once (one {noun} per request)")
             item = items[0] if items else None
-            if name == "image":
+            if name == noun:
                 if item is None:
-                    raise ApiError(400, "missing_image", "no 'image' field: send the image as a multipart file field named 'image'")
+                    raise ApiError(400, f"missing_{noun}", f"no '{noun}' field: send the {noun} as a multipart file field named '{noun}'")
                 if not isinstance(item, UploadFile):
-                    raise ApiError(400, "missing_image", "the 'image' field is text, not a file: send it as a file upload (curl -F image=@photo.jpg)")
-                if item.size is not None and item.size > MAX_IMAGE_BYTES:
-                    raise _too_large()
-                values[name] = await item.read()
+                    raise ApiError(400, f"missing_{noun}", f"the '{noun}' field is text, not a file: send it as a file upload ({form.example})")
+                if item.size is not None and item.size > form.max_bytes:
+                    raise form.too_large()
+                values[name] = await keep(item)
             elif isinstance(item, UploadFile):
                 raise ApiError(400, f"invalid_{name}", f"the field {name!r} is a file: send it as a plain form value")
             else:
                 values[name] = item
         return values
     finally:
-        await form.close()
+        await parsed.close()
 
 
-def create_app(get_detector: Callable[[], Detector], static_dir: Path) -> FastAPI:
-    """The FastAPI app serving /detect, /metadata, /skeleton, / and /playground, /docs."""
+def ready_detector(get_detector: Callable[[], Detector]) -> Detector:
+    """The service's detector once its model is loaded; 503 `model_not_ready` (or `model_failed`) before."""
+    detector = get_detector()
+    if not detector.ready:
+        if detector.load_error:
+            raise ApiError(503, "model_failed", f"the model could not be loaded: {detector.load_error}")
+        raise ApiError(503, "model_not_ready", "the model is still loading: retry in a few seconds (GET /readyz answers 200 once it is ready)", {"Retry-After": "5"})
+    return detector
+
+
+def create_app(get_detector: Callable[[], Detector], static_dir: Path, timeout_s: float = REQUEST_TIMEOUT_S) -> FastAPI:
+    """The FastAPI app serving /detect, /detect-video, /metadata, /skeleton, / and /playground, /docs.
+
+    `timeout_s` is the server's time limit per request (BentoML's `traffic.timeout`), which a video's run stays within.
+    """
     import anyio
     from fastapi import FastAPI
     from fastapi.openapi.docs import get_swagger_ui_html
     from starlette.exceptions import HTTPException
     from starlette.responses import FileResponse, JSONResponse
 
+    from poseops.detect_video_api import add_video_route
+
     app = FastAPI(title="poseops", docs_url=None, redoc_url=None, openapi_url=None)
     limiter = anyio.CapacityLimiter(INFERENCE_THREADS)
     budgets: dict[int, PixelBudget] = {}  # pixels decoded at once, across requests: at most max_pixels
+
+    def budget(max_pixels: int) -> PixelBudget:
+        return budgets.setdefault(max_pixels, PixelBudget(max_pixels))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> Response:  # 404/405 of this app's own routes
@@ -278,26 +322,21 @@ def create_app(get_detector: Callable[[], Detector], static_dir: Path) -> FastAP
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(ApiError(500, "internal_error", "the server failed unexpectedly; it logged the details"))
 
-    @app.post("/detect", tags=["Service APIs"], summary="Detect objects and their keypoints", openapi_extra=_DETECT_OPENAPI)
+    @app.post("/detect", tags=["Service APIs"], summary="Detect objects and their keypoints", openapi_extra=DETECT_OPENAPI)
     async def detect(request: Request) -> Response:
         try:
-            detector = get_detector()
-            if not detector.ready:
-                if detector.load_error:
-                    raise ApiError(503, "model_failed", f"the model could not be loaded: {detector.load_error}")
-                raise ApiError(503, "model_not_ready", "the model is still loading: retry in a few seconds (GET /readyz answers 200 once it is ready)", {"Retry-After": "5"})
+            detector = ready_detector(get_detector)
             if detector.keys is not None:
-                await _admit(detector, request)
+                await admit_key(detector, request)
             values = await read_form(request)
             conf = parse_threshold("conf_thres", values.get("conf_thres"))
             iou = parse_threshold("iou_thres", values.get("iou_thres"))
             ocr_model, ocr_classes, ocr_language = parse_ocr(detector, values.get("ocr_model"), values.get("ocr_classes"), values.get("ocr_language"))
 
             max_pixels = detector.config.max_pixels
-            budget = budgets.setdefault(max_pixels, PixelBudget(max_pixels))
 
             def run() -> list[dict[str, Any]]:
-                with decoded_within(budget, values["image"], max_pixels) as image:
+                with decoded_within(budget(max_pixels), values["image"], max_pixels) as image:
                     return detector.detect(image, conf, iou, ocr_model, ocr_classes, ocr_language)
 
             return JSONResponse(await anyio.to_thread.run_sync(run, limiter=limiter))
@@ -306,6 +345,8 @@ def create_app(get_detector: Callable[[], Detector], static_dir: Path) -> FastAP
         except Exception:
             log.exception("POST /detect failed")
             return error_response(ApiError(500, "internal_error", "the server failed unexpectedly on this request; it logged the details. Retry, and report it if it persists"))
+
+    add_video_route(app, get_detector, limiter, budget, timeout_s)
 
     @app.get("/metadata", tags=["Service APIs"], summary="Model, lineage and skeleton of this service")
     async def metadata() -> Response:
@@ -333,7 +374,7 @@ def create_app(get_detector: Callable[[], Detector], static_dir: Path) -> FastAP
     return app
 
 
-async def _admit(detector: Detector, request: Request) -> None:
+async def admit_key(detector: Detector, request: Request) -> None:
     import anyio
 
     from poseops.apikeys import KeyRefused
@@ -345,64 +386,3 @@ async def _admit(detector: Detector, request: Request) -> None:
         await anyio.to_thread.run_sync(detector.keys.admit, key or None)
     except KeyRefused as e:
         raise ApiError(e.status, e.code, e.message) from None
-
-
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error", "message"],
-    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-}
-_POINT = {"type": "object", "properties": {k: {"type": "number"} for k in ("x", "y", "confidence")} | {"name": {"type": "string"}}}
-_DETECTION_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "class": {"type": "string"},
-        "confidence": {"type": "number"},
-        "x": {"type": "number", "description": "left edge of the box"},
-        "y": {"type": "number", "description": "top edge of the box"},
-        "width": {"type": "number"},
-        "height": {"type": "number"},
-        "keypoints": {"type": "array", "items": _POINT, "description": "in skeleton order"},
-        "text": {"type": "string", "nullable": True,
-                 "description": "only with OCR, for the ocr_classes; null past the 16 most confident crops"},
-    },
-}
-
-
-def _error_schema(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-
-
-_DETECT_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": f"the image (JPEG, PNG, WebP, BMP, TIFF, GIF: first frame), at most {MAX_IMAGE_BYTES} bytes; EXIF orientation is applied"},
-                        "conf_thres": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.25},
-                        "iou_thres": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.45},
-                        "ocr_model": {"type": "string", "enum": ["small", "medium", "large"]},
-                        "ocr_classes": {"type": "string", "description": "comma-separated class names whose crops to read"},
-                        "ocr_language": {"type": "string", "default": "eng", "description": "language code(s), Tesseract-style, e.g. deu or eng+deu; /metadata lists what each OCR model accepts"},
-                    },
-                }
-            }
-        },
-    },
-    "responses": {
-        "200": {
-            "description": "one object per detection; x, y is the box's top-left corner, all in pixels of the image as shown (EXIF orientation applied)",
-            "content": {"application/json": {"schema": {"type": "array", "items": _DETECTION_SCHEMA}}},
-        },
-        "400": _error_schema("a bad field or an image that cannot be decoded"),
-        "401": _error_schema("missing or unknown API key (only when keys are configured)"),
-        "403": _error_schema("the key's monthly request quota is spent"),
-        "413": _error_schema("image over 25 MB, or more pixels than the server allows"),
-        "500": _error_schema("unexpected failure"),
-        "503": _error_schema("the model is still loading"),
-    },
-}

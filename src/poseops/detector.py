@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = "yolo11n-pose.pt"
 DEFAULT_SKELETON = "label_config/skeletons/person.yaml"
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
+DEFAULT_MAX_VIDEO_BYTES = 100 * 1024 * 1024  # POST /detect-video: upload size
+DEFAULT_MAX_VIDEO_FRAMES = 1800  # POST /detect-video: frames predicted on per request (a minute at 30 fps)
 MAX_OCR_CROPS = 16  # per request
 MIN_OCR_CROP_PX = 8
 LINEAGE_KEYS = ("model_name", "model_version", "mlflow_run_id", "dataset_dvc_hash", "label_studio_snapshot_id")
@@ -47,6 +49,8 @@ class ServiceConfig:
     api_keys: Path | None = None
     lineage: Path | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
+    max_video_frames: int = DEFAULT_MAX_VIDEO_FRAMES
 
     ENV = {
         "weights": "POSEOPS_WEIGHTS",
@@ -57,6 +61,8 @@ class ServiceConfig:
         "api_keys": "POSEOPS_API_KEYS",
         "lineage": "POSEOPS_LINEAGE",
         "max_pixels": "POSEOPS_MAX_PIXELS",
+        "max_video_bytes": "POSEOPS_MAX_VIDEO_BYTES",
+        "max_video_frames": "POSEOPS_MAX_VIDEO_FRAMES",
     }
 
     @classmethod
@@ -67,7 +73,7 @@ class ServiceConfig:
             raw = env.get(key, "").strip()
             if not raw:
                 continue
-            if name in ("imgsz", "max_pixels"):
+            if name in ("imgsz", "max_pixels", "max_video_bytes", "max_video_frames"):
                 if not raw.isdigit() or int(raw) <= 0:
                     raise ValueError(f"{key}={raw!r}: expected a positive whole number")
                 values[name] = int(raw)
@@ -215,6 +221,8 @@ class Detector:
                 "max_ocr_crops": MAX_OCR_CROPS,
                 "max_image_bytes": MAX_IMAGE_BYTES,
                 "max_pixels": self.config.max_pixels,
+                "max_video_bytes": self.config.max_video_bytes,
+                "max_video_frames": self.config.max_video_frames,
                 "auth_required": self.keys is not None,
                 "ocr_models": installed_models(),
             },

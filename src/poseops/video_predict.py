@@ -19,6 +19,7 @@ same predictor (model file, runtime, input size) called without the tracker (`Vi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from poseops.constants import DEFAULT_CONF_THRES, DEFAULT_IOU_THRES
 from poseops.errors import PoseopsError
 
 if TYPE_CHECKING:
@@ -51,8 +53,8 @@ class VideoError(PoseopsError, ValueError):
 class VideoOptions:
     tracker: str | None = "bytetrack"  # None: per-frame detections without track ids
     smooth: bool = False
-    conf_thres: float = 0.25
-    iou_thres: float = 0.45
+    conf_thres: float = DEFAULT_CONF_THRES
+    iou_thres: float = DEFAULT_IOU_THRES
     start: int = 0  # first frame index
     stride: int = 1  # every stride-th frame from `start`
     max_frames: int | None = None  # at most this many frames
@@ -271,6 +273,7 @@ def predict_video(
     on up to `raw_sample` of them.
 
     `tracker` (made from `options` when not given) is reset first, so ids start at 1 for each video.
+    An exception from `on_frame` ends the run there (the frame reader stops with it).
     """
     if options.tracker is not None:
         tracker = tracker or VideoTracker(model, options.tracker, options.conf_thres, options.iou_thres)
@@ -280,21 +283,22 @@ def predict_video(
     sample: list[np.ndarray] = []
     summary = VideoSummary(source=path, runtime=model.runtime)
     started = time.perf_counter()
-    for index, time_ms, image in read_frames(path, options):
-        if tracker is not None:
-            detections = tracker(image)
-        else:
-            detections = model.detect(image, options.conf_thres, options.iou_thres)
-        if smoother is not None:
-            smoother(time_ms / 1000.0, detections)
-        frame = VideoFrame(index, time_ms, image.shape[1], image.shape[0], detections)
-        if on_frame is not None:
-            on_frame(frame, image)
-        if summary.frames % every == 0 and len(sample) < raw_sample:
-            sample.append(image)
-        summary.frames += 1
-        summary.detections += len(detections)
-        summary.track_ids |= {d["track_id"] for d in detections if d.get("track_id") is not None}
+    with contextlib.closing(read_frames(path, options)) as frames:  # the reader thread stops however the loop ends
+        for index, time_ms, image in frames:
+            if tracker is not None:
+                detections = tracker(image)
+            else:
+                detections = model.detect(image, options.conf_thres, options.iou_thres)
+            if smoother is not None:
+                smoother(time_ms / 1000.0, detections)
+            frame = VideoFrame(index, time_ms, image.shape[1], image.shape[0], detections)
+            if on_frame is not None:
+                on_frame(frame, image)
+            if summary.frames % every == 0 and len(sample) < raw_sample:
+                sample.append(image)
+            summary.frames += 1
+            summary.detections += len(detections)
+            summary.track_ids |= {d["track_id"] for d in detections if d.get("track_id") is not None}
     summary.seconds = time.perf_counter() - started
     if sample:
         raw = tracker.raw if tracker is not None else (lambda image: model.detect(image, options.conf_thres, options.iou_thres))

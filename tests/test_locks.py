@@ -27,9 +27,12 @@ def test_lock_names_are_prefect_names():
 
 def test_an_embedded_lock_fails_at_once_or_waits(tmp_path):
     settings = Settings(home=tmp_path / "home")
-    with exclusive(settings, "pull-x", wait_s=0), pytest.raises(LockBusy, match=r"the pull is held by pid \d+"):
+    busy = r"the pull: its lock .*pull-x.lock is held by pid \d+ on "
+    with exclusive(settings, "pull-x", wait_s=0), pytest.raises(LockBusy, match=busy):
         with exclusive(settings, "pull-x", wait_s=0, what="the pull"):
             pass
+    with exclusive(settings, "loop-../../escape"):  # a name never leads the lock file out of <home>/locks
+        assert [p.parent for p in (tmp_path / "home").rglob("*.lock")] == [tmp_path / "home" / "locks"] * 2
     started = time.monotonic()
     with exclusive(settings, "deploy"), pytest.raises(LockBusy, match="for 1 s"):
         with exclusive(settings, "deploy", wait_s=1.0):
@@ -41,7 +44,7 @@ def test_an_embedded_lock_fails_at_once_or_waits(tmp_path):
         with exclusive(settings, "deploy"):
             held.set()
             time.sleep(0.5)
-        released.set()
+            released.set()  # the last thing before letting go
 
     held = threading.Event()
     threading.Thread(target=hold_briefly).start()
@@ -78,8 +81,8 @@ def test_a_server_lock_refuses_or_waits_and_a_dead_holders_lease_frees_it(prefec
     settings = Settings(home=tmp_path, profile="server")
     name = f"pull-{uuid.uuid4().hex[:6]}"
     with exclusive(settings, name, wait_s=0):
-        with pytest.raises(LockBusy, match=rf"a pull is held by pid \d+ on .*global concurrency limit "
-                                           rf"'{resource_name(name)}'.*wait for it to finish"):
+        with pytest.raises(LockBusy, match=rf"a pull: its lock, the global concurrency limit "
+                                           rf"'{resource_name(name)}' on .* is held by pid \d+ on .*wait for it"):
             with exclusive(settings, name, wait_s=0, what="a pull"):
                 pass
         started = time.monotonic()

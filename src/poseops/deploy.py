@@ -8,8 +8,8 @@ version fails before the running service is touched. Then the version goes into 
 BentoML model store and a Bento is built around it (`poseops.bento_build`, stores under
 `<home>/bentoml`), and the service (`bentoml serve BENTO`, managed like the other
 servers) is restarted on that Bento; we wait until `/readyz` answers and `/metadata`
-names the version just deployed. Deploys run one at a time (`<home>/service/deploy.lock`),
-and a port that something poseops did not start answers on is refused.
+names the version just deployed. Deploys run one at a time (`deploy_lock`: `<home>/service/deploy.lock`, or
+the Prefect server on the server profile), and a port that something poseops did not start answers on is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from poseops import tracking
 from poseops.errors import PoseopsError
 from poseops.imageio import DECODE_MEMORY_ENV
 from poseops.paths import checkout_path
-from poseops.processes import ManagedServer, file_lock, port_of
+from poseops.processes import ManagedServer, port_of
 from poseops.settings import Settings, child_env, secure_home
 
 
@@ -173,9 +173,19 @@ def deploy(settings: Settings, model_uri: str, runtime: str = "auto", timeout: f
     return Deployment(settings.service_url, version.name, str(version.version), version.run_id, files, bento)
 
 
+DEPLOY_WAIT_S = 3600.0  # how long a deploy waits for the one before it
+
+
 def deploy_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
-    """One deploy at a time on this home (the later one waits, then replaces the earlier one's service)."""
-    return file_lock((settings.home / "service" / "deploy.lock").resolve())
+    """One deploy at a time: the later one waits, then replaces the earlier one's service.
+
+    On this home (`<home>/service/deploy.lock`) on the embedded profile; across machines on the
+    server profile (`poseops.locks`, `deploy`).
+    """
+    from poseops.locks import exclusive
+
+    return exclusive(settings, "deploy", wait_s=DEPLOY_WAIT_S, what="the deploy of the detection service",
+                     lock_file=(settings.home / "service" / "deploy.lock").resolve())
 
 
 def verify_serving(url: str, model_name: str, model_version: str) -> None:

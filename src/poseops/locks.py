@@ -31,6 +31,8 @@ import hashlib
 import os
 import re
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,17 +65,25 @@ def resource_name(name: str) -> str:
     return f"{PREFIX}{slug[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
+def machine_lock_file(key: str) -> Path:
+    """An embedded lock file for a resource outside the project (an MLflow store): in this user's temporary folder,
+    named after `key`, so every process on the machine that uses the same resource finds the same file."""
+    folder = Path(tempfile.gettempdir()) / f"poseops-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.is_symlink() or folder.stat().st_uid != os.getuid():
+        raise LockUnavailable(f"{folder} is not this user's own folder: remove it, then try again")
+    return folder / f"{resource_name(key)}.lock"
+
+
 def holder_description() -> str:
     """Who holds a lock, for the error another holder gets: pid, host, and the Prefect flow run when there is one."""
     who = f"pid {os.getpid()} on {socket.gethostname()}"
-    try:
+    if "prefect" in sys.modules:  # a flow run only runs where Prefect is imported already
         from prefect.context import FlowRunContext
 
         context = FlowRunContext.get()
         if context is not None and context.flow_run is not None:
             who += f", flow run {context.flow_run.name!r}"
-    except ImportError:  # pragma: no cover - Prefect is a dependency
-        pass
     return who
 
 
@@ -92,7 +102,7 @@ def exclusive(settings: Settings | None, name: str, *, wait_s: float | None = WA
         with _prefect_lock(settings, name, wait_s, what, lease_s):
             yield
     else:
-        path = lock_file or secure_home(settings.home) / "locks" / f"{name}.lock"
+        path = lock_file or secure_home(settings.home) / "locks" / f"{resource_name(name)}.lock"
         with _file_lock(path, wait_s, what):
             yield
 
@@ -111,11 +121,11 @@ def _file_lock(path: Path, wait_s: float | None, what: str) -> Iterator[None]:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
             waited = "" if not wait_s else f" for {wait_s:.0f} s"
-            raise LockBusy(f"{what} is held by {holder}{waited} ({path}); wait for it to finish, then try again",
-                           holder)
+            raise LockBusy(f"{what}: its lock {path} is held by {holder}{waited}; wait for it to finish, then try "
+                           "again", holder)
         lock.seek(0)
         lock.truncate()
-        lock.write(f"pid {os.getpid()}")
+        lock.write(holder_description())
         lock.flush()
         try:
             yield
@@ -159,8 +169,8 @@ def _prefect_lock(settings: Settings, name: str, wait_s: float | None, what: str
                                       f"({type(e).__name__}: {e}); check that it answers") from None
             holder = _read_holder(resource)
             waited = "" if not wait_s else f" for {wait_s:.0f} s"
-            raise LockBusy(f"{what} is held by {holder}{waited} (the global concurrency limit {resource!r} on "
-                           f"{api}); wait for it to finish, then try again. A holder that died frees it within "
+            raise LockBusy(f"{what}: its lock, the global concurrency limit {resource!r} on {api}, is held by "
+                           f"{holder}{waited}; wait for it to finish, then try again. A holder that died frees it within "
                            f"{max(60.0, lease_s):.0f} s (its lease); `prefect gcl inspect {resource}` shows it",
                            holder) from None
         _write_holder(resource)

@@ -26,8 +26,19 @@ from poseops.settings import load_settings
 @flow(name="improvement-loop")
 def improvement_loop(dataset: str = "demo-people", root: str = ".", overrides: list[str] | None = None,
                      autolabel_new: bool = True) -> dict:
-    """Pull → train → promote if better → deploy → autolabel, each step a subflow."""
+    """Pull → train → promote if better → deploy → autolabel, each step a subflow.
+
+    One loop of a dataset at a time: a second fails at once (`poseops.locks`, `loop-<dataset>`, across
+    machines on the server profile); runs of the loop deployment queue behind its concurrency limit of 1.
+    """
+    from poseops.locks import exclusive
+
     settings = load_settings()
+    with exclusive(settings, f"loop-{dataset}", wait_s=0, what=f"the improvement loop of {dataset!r}"):
+        return _loop_steps(settings, dataset, root, overrides, autolabel_new)
+
+
+def _loop_steps(settings, dataset: str, root: str, overrides: list[str] | None, autolabel_new: bool) -> dict:
     params_file = str(Path(root) / "params.yaml")
     summary = LoopSummary(dataset)
 

@@ -64,17 +64,33 @@ def better_enough(candidate: float, champion: float | None, min_improvement: flo
     return champion is None or candidate >= champion + min_improvement - 1e-9
 
 
+PROMOTE_WAIT_S = 3600.0  # how long a promotion waits for another one of the same model (it evaluates both)
+
+
 def promote(params: Params, root: Path = Path("."), layout: Layout = Layout(), version: str | None = None,
             mlc=None) -> Promotion:
     """Compare a version with the alias holder on the current val split; move the alias when the rule holds.
 
     Both figures come from the versions' own evaluation when it was made on the same split and
     settings (`eval_key`), else from evaluating their weights now. Both are recorded as tags on
-    the candidate version and its run.
+    the candidate version and its run. Promotions of one model run one at a time, from reading the
+    champion to moving the alias (`poseops.locks`, `champion-<model>`, across machines on the server
+    profile): a second one waits, then compares with the champion the first left, so two trainings
+    never promote two champions at once.
     """
+    from poseops.locks import exclusive, machine_lock_file
+
+    mlc = mlc or client(must_exist=True)  # promoting needs the runs: a missing store is an error, not a new one
+    name = params.mlflow.registered_model
+    with exclusive(None, f"champion-{name}", wait_s=PROMOTE_WAIT_S, what=f"promoting a version of {name!r}",
+                   lock_file=machine_lock_file(f"{getattr(mlc, 'tracking_uri', '')}|champion-{name}")):
+        return _compare_and_move(params, root, layout, version, mlc)
+
+
+def _compare_and_move(params: Params, root: Path, layout: Layout, version: str | None, mlc) -> Promotion:
+    """`promote` inside its lock."""
     root = root.resolve()
     lay = layout.under(root)
-    mlc = mlc or client(must_exist=True)  # promoting needs the runs: a missing store is an error, not a new one
     name, alias, metric = params.mlflow.registered_model, params.promote.alias, params.promote.metric
     version = version or read_version(lay).version
     candidate = resolve_model_uri(mlc, f"models:/{name}/{version}")

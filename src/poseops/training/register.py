@@ -19,6 +19,8 @@ from poseops.training.evaluation import eval_key
 from poseops.training.exports import export_checked
 from poseops.training.layout import MODEL_ARTIFACTS, VERSION_FILE, Layout, TrainingError, finished_run_id, read_metrics
 
+REGISTER_WAIT_S = 600.0  # how long a registration waits for another one of the same model
+
 
 def export(params: Params, root: Path = Path("."), layout: Layout = Layout(), mlc=None) -> VersionRef:
     """Export best.pt to `export.formats`, check each export on the val split (`poseops.training.exports`), log the
@@ -46,8 +48,9 @@ def export(params: Params, root: Path = Path("."), layout: Layout = Layout(), ml
     tags["runtimes"] = ",".join(f"{c.name}:{c.precision}" for c in checks)  # what the service may choose from
     ref = None
     try:
-        ref = register_version(mlc, params.mlflow.registered_model, run_id, MODEL_ARTIFACTS, tags,
-                               description=f"{params.dataset.name} @ {dataset.dvc_hash}, run {run_id}")
+        with registry_lock(mlc, params.mlflow.registered_model):
+            ref = register_version(mlc, params.mlflow.registered_model, run_id, MODEL_ARTIFACTS, tags,
+                                   description=f"{params.dataset.name} @ {dataset.dvc_hash}, run {run_id}")
         set_tags(mlc, run_id, {"poseops.model_version": ref.version})
         (lay.model / VERSION_FILE).write_text(json.dumps(asdict(ref) | {"uri": ref.uri}, indent=2) + "\n", encoding="utf-8")
     except BaseException:
@@ -57,6 +60,15 @@ def export(params: Params, root: Path = Path("."), layout: Layout = Layout(), ml
         raise
     mlc.set_terminated(run_id, status="FINISHED")
     return ref
+
+
+def registry_lock(mlc, name: str):
+    """Registrations of one model run one at a time (`poseops.locks`, `registry-<name>`; across machines on the
+    server profile): a second one waits up to REGISTER_WAIT_S."""
+    from poseops.locks import exclusive, machine_lock_file
+
+    return exclusive(None, f"registry-{name}", wait_s=REGISTER_WAIT_S, what=f"registering a version of {name!r}",
+                     lock_file=machine_lock_file(f"{getattr(mlc, 'tracking_uri', '')}|registry-{name}"))
 
 
 def _fresh_model_folder(lay: Layout) -> Path:

@@ -401,17 +401,21 @@ def demo_down() -> None:
 
 def _register_commands() -> None:
     from poseops.cli_backend import register as register_backend
+    from poseops.cli_flows import register as register_flows
     from poseops.cli_import import register as register_import
     from poseops.cli_labels import register as register_labels
     from poseops.cli_predict import register as register_predict
     from poseops.cli_serve import register as register_serve
+    from poseops.cli_stack import register as register_stack
     from poseops.cli_train import register as register_train
     from poseops.cli_video import register as register_video
 
     register_backend(app)
+    register_flows(app)
     register_import(app)
     register_labels(app)
     register_serve(app)
+    register_stack(app)
     register_predict(app)
     register_train(app)
     register_video(app)

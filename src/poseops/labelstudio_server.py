@@ -5,6 +5,10 @@ The server binds to 127.0.0.1, keeps its SQLite database and uploads under
 token through the environment (never on the command line, where `ps` would show them).
 Nobody can sign up without an invite link, and local-files serving is off unless
 `POSEOPS_LABEL_STUDIO_LOCAL_FILES` names a folder to serve.
+
+On the server profile (POSEOPS_PROFILE=server) its database is `poseops_labelstudio` on the
+PostgreSQL of POSEOPS_DATABASE_URL (`poseops.postgres`), created when missing as it starts;
+uploads stay in the data folder.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from poseops import postgres
 from poseops.processes import ManagedServer, ServerError, ServerStatus
 from poseops.settings import Settings, secure_home
 
@@ -40,6 +45,7 @@ def server(settings: Settings) -> ManagedServer:
         "USE_DEFAULT_BANNED_SUBNETS": "false",
         "USER_ADDITIONAL_BANNED_SUBNETS": BANNED_SUBNETS,
         **local_files_env(),
+        **database_env(settings),
         "SENTRY_DSN": "",
         "FRONTEND_SENTRY_DSN": "",
         "COLLECT_ANALYTICS": "false",
@@ -53,10 +59,21 @@ def server(settings: Settings) -> ManagedServer:
         "--port", str(settings.label_studio_port),
         "--data-dir", str(data_dir),
     ]
-    return ManagedServer("Label Studio", data_dir, settings.label_studio_url, f"{settings.label_studio_url}/health",
-                         command, env, cwd=data_dir,
-                         hint="If the port is taken, set LABEL_STUDIO_URL to another port. The first start "
-                              "migrates the database for about 90 s.")
+    managed = ManagedServer("Label Studio", data_dir, settings.label_studio_url, f"{settings.label_studio_url}/health",
+                            command, env, cwd=data_dir,
+                            hint="If the port is taken, set LABEL_STUDIO_URL to another port. The first start "
+                                 "migrates the database for about 90 s.")
+    return postgres.on_database(managed, settings, "labelstudio") if settings.server_profile else managed
+
+
+def database_env(settings: Settings) -> dict[str, str]:
+    """Label Studio's database: its SQLite file in the data folder, or on the server profile `poseops_labelstudio`
+    on PostgreSQL (Django's settings, read by Label Studio from these variables)."""
+    if not settings.server_profile:
+        return {}
+    server = postgres.database_server(settings)
+    return {"DJANGO_DB": "default", "POSTGRE_NAME": postgres.database_name("labelstudio"), "POSTGRE_USER": server.user,
+            "POSTGRE_PASSWORD": server.password, "POSTGRE_HOST": server.host, "POSTGRE_PORT": str(server.port)}
 
 
 def local_files_env() -> dict[str, str]:

@@ -1,6 +1,12 @@
 """The servers around the pipeline, each on 127.0.0.1 with its state under `<home>/`:
 the Prefect server (API + UI, schedules), the MLflow UI, and Label Studio (in
 `labelstudio_server`). `poseops demo` starts them all; `poseops demo-down` stops them.
+
+On the server profile (POSEOPS_PROFILE=server) the same factories give the servers on PostgreSQL
+(`poseops.postgres`): the Prefect server on the `poseops_prefect` database, and instead of `mlflow ui`
+over SQLite the MLflow tracking server on `poseops_mlflow`, serving the artifacts it keeps at
+POSEOPS_ARTIFACTS_URL (or `<home>/mlartifacts`). Each creates its database when missing as it starts.
+`poseops stack up` (`cli_stack`) starts them in order.
 """
 
 from __future__ import annotations
@@ -9,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from poseops.processes import ManagedServer, port_of
+from poseops import postgres
+from poseops.processes import ManagedServer, ServerStatus, port_of
 from poseops.settings import Settings, secure_home
 
 
@@ -20,19 +27,43 @@ def prefect_server(settings: Settings) -> ManagedServer:
                "--port", str(port_of(url, 4200)), "--analytics-off"]
     env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": f"{url}/api", "PREFECT_UI_API_URL": f"{url}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return ManagedServer("the Prefect server", home, url, f"{url}/api/health", command, env,
-                         hint="If the port is taken, set POSEOPS_PREFECT_URL to another port.")
+    if settings.server_profile:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.part_url(settings, "prefect")
+    server = ManagedServer("the Prefect server", home, url, f"{url}/api/health", command, env,
+                           hint="If the port is taken, set POSEOPS_PREFECT_URL to another port.")
+    return postgres.on_database(server, settings, "prefect") if settings.server_profile else server
 
 
 def mlflow_ui(settings: Settings) -> ManagedServer:
+    """The MLflow UI over the SQLite store; on the server profile, the MLflow tracking server (`mlflow_server`)."""
     from poseops.tracking import tracking_uri
 
+    if settings.server_profile:
+        return mlflow_server(settings)
     state = (secure_home(settings.home) / "mlflow-ui").resolve()
     url = settings.mlflow_ui_url
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
                "--host", "127.0.0.1", "--port", str(port_of(url, 5000)), "--workers", "1"]
     return ManagedServer("the MLflow UI", state, url, f"{url}/health", command,
                          hint="If the port is taken, set POSEOPS_MLFLOW_UI_URL to another port.")
+
+
+def mlflow_server(settings: Settings) -> ManagedServer:
+    """`mlflow server` on PostgreSQL (`poseops_mlflow`), proxying the artifacts it keeps at POSEOPS_ARTIFACTS_URL
+    (s3://…, reached with `storage.s3_env`) or in `<home>/mlartifacts`. Clients log through it (tracking_uri()).
+    The store's URL, with its password, goes through the environment, never the command line.
+    """
+    from poseops.storage import s3_env
+
+    state = (secure_home(settings.home) / "mlflow-server").resolve()
+    url = settings.mlflow_ui_url
+    artifacts = settings.artifacts_url or str((settings.home / "mlartifacts").resolve())
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port_of(url, 5000)),
+               "--workers", "1", "--serve-artifacts", "--artifacts-destination", artifacts]
+    env = {"MLFLOW_BACKEND_STORE_URI": postgres.part_url(settings, "mlflow"), **s3_env(settings)}
+    server = ManagedServer("the MLflow tracking server", state, url, f"{url}/health", command, env,
+                           hint="If the port is taken, set POSEOPS_MLFLOW_UI_URL to another port.")
+    return postgres.on_database(server, settings, "mlflow")
 
 
 def ml_backend(settings: Settings) -> ManagedServer:
@@ -87,3 +118,44 @@ def detection_service(settings: Settings) -> ManagedServer:
 
         server.up = nothing_to_start  # type: ignore[method-assign]
     return server
+
+
+# --- the whole stack on one profile (`poseops stack up|down|status`) ---------------------------------------------
+
+
+def stack_up(settings: Settings, say=print, timeout: float = 900.0) -> list[ServerStatus]:
+    """Start (or find) every server of the settings' profile, in order: PostgreSQL on the server profile (started
+    here when on this machine, else only its databases made), Label Studio, the MLflow UI or tracking server, the
+    Prefect server. The first start of Label Studio migrates its database (minutes)."""
+    from poseops import labelstudio_server
+
+    statuses = []
+    if settings.server_profile:
+        say(f"PostgreSQL: starting or finding it at {postgres.database_server(settings).address}")
+        statuses.append(postgres.up(settings))
+    say(f"Label Studio: starting or finding it at {settings.label_studio_url} (a first start migrates for minutes)")
+    statuses.append(labelstudio_server.up(settings, timeout))
+    for server in (mlflow_ui(settings), prefect_server(settings)):
+        say(f"{server.name}: starting or finding it at {server.url}")
+        statuses.append(server.up(timeout))
+    return statuses
+
+
+def stack_status(settings: Settings) -> list[tuple[str, ServerStatus]]:
+    """Each server of the settings' profile with its status, in start order."""
+    from poseops import labelstudio_server
+
+    found = [("PostgreSQL", postgres.status(settings))] if settings.server_profile else []
+    found.append(("Label Studio", labelstudio_server.status(settings)))
+    return found + [(server.name, server.status()) for server in (mlflow_ui(settings), prefect_server(settings))]
+
+
+def stack_down(settings: Settings) -> list[str]:
+    """Stop the servers of the settings' profile that poseops started, PostgreSQL last; returns what was stopped."""
+    from poseops import labelstudio_server
+
+    stopped = [server.name for server in (prefect_server(settings), mlflow_ui(settings),
+                                          labelstudio_server.server(settings)) if server.down()]
+    if settings.server_profile and postgres.down(settings):
+        stopped.append("PostgreSQL")
+    return stopped

@@ -17,12 +17,16 @@ class TrackingError(PoseopsError, RuntimeError):
 
 
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, else a SQLite store in the poseops home (`$POSEOPS_HOME/mlflow.db`)."""
+    """`MLFLOW_TRACKING_URI`, else a SQLite store in the poseops home (`$POSEOPS_HOME/mlflow.db`), or on the
+    server profile the MLflow tracking server poseops runs (`POSEOPS_MLFLOW_UI_URL`, on PostgreSQL)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not uri:
         from poseops.settings import load_settings
 
-        return f"sqlite:///{load_settings().home.resolve() / 'mlflow.db'}"
+        settings = load_settings()
+        if settings.server_profile:
+            return settings.mlflow_ui_url
+        return f"sqlite:///{settings.home.resolve() / 'mlflow.db'}"
     if uri.startswith("file:") or "://" not in uri:
         raise TrackingError(
             f"MLFLOW_TRACKING_URI={uri!r} is MLflow's file store, which MLflow ≥ 3.13 refuses: "

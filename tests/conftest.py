@@ -129,5 +129,7 @@ def request_log(workspace, label_studio, monkeypatch):
         yield log
 
 
-# The real detection service (bentoml serve) shared by test_service.py and test_playground.py.
+# A real S3-compatible endpoint (moto in server mode), tests/s3_server.py; and the real detection service
+# (bentoml serve) shared by test_service.py and test_playground.py.
+from s3_server import s3_endpoint  # noqa: E402, F401
 from service_server import detect_service  # noqa: E402, F401

@@ -1,7 +1,7 @@
 """A real S3-compatible endpoint for the tests: moto in server mode on 127.0.0.1, with one bucket.
 
-Use it from a test module with `from s3_server import s3_endpoint` (a session-scoped fixture:
-one server for the whole run, always stopped at its end), or `with running_s3_endpoint(log_dir) as s3:`
+`conftest.py` imports the `s3_endpoint` fixture from here, so every test module can ask for it by name
+(a session-scoped fixture: one server for the whole run, always stopped at its end), or `with running_s3_endpoint(log_dir) as s3:`
 outside pytest's fixtures. Either gives an `S3Endpoint`:
 
 - `s3.url`: the endpoint (`http://127.0.0.1:PORT`), for POSEOPS_S3_ENDPOINT_URL;

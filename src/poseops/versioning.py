@@ -83,13 +83,13 @@ def remote_outdated(dataset_dir: Path, settings: Settings) -> bool:
     if not settings.dvc_remote:
         return False
     try:
-        root = repo_root(dataset_dir.parent)
+        root = repo_root(next(p for p in dataset_dir.absolute().parents if p.is_dir()))  # data/ may not exist yet
         wanted = wanted_dvc_remote(settings)
         merged: dict[str, dict] = {}
         for path in (root / ".dvc" / "config", root / ".dvc" / "config.local"):
             for section, values in ConfigObj(str(path), file_error=False).items():
                 merged.setdefault(section, {}).update(values)
-    except (PullError, StorageError, ConfigObjError):
+    except (PullError, StorageError, ConfigObjError, OSError):
         return True  # build and version again: ensure_dvc then says what is wrong
     name = merged.get("core", {}).get("remote")
     remote = merged.get(f'remote "{name}"', {})

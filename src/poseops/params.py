@@ -219,7 +219,7 @@ class ExportParams:
 
     formats: list[str] = _spec(["onnx", "openvino"], check=check_formats)
     opset: int | None = _spec(None, lo=7, hi=25)
-    simplify: bool = True
+    simplify: bool = False  # onnxslim: the same outputs, and ONNX Runtime optimizes the graph itself as it loads it
     dynamic: bool = False
     half: bool = False
     int8: bool = False  # also best_int8_openvino_model/ (needs openvino in formats)

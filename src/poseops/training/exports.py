@@ -72,9 +72,10 @@ def write_exports(params: Params, lay: Layout, best: Path, data_yaml: Path) -> d
     out: dict[str, tuple[Path, str]] = {}
     if "engine" in x.formats and params.device in ("cpu", "mps"):
         raise TrainingError("export.formats: engine (TensorRT) needs an NVIDIA GPU: set device: 0, or leave engine out")
+    model = YOLO(str(best))  # loaded once: each export works on its own copy of the network
     for fmt in x.formats:
         extra = {"opset": x.opset, "simplify": x.simplify, "dynamic": x.dynamic} if fmt == "onnx" else {}
-        made = Path(YOLO(str(best)).export(format=fmt, **common, **quantize, **extra))
+        made = Path(model.export(format=fmt, **common, **quantize, **extra))
         target = lay.model / (VERSION_FILES[fmt] if fmt in VERSION_FILES else ENGINE_FILE)
         made.rename(target)
         out[fmt] = (target, precision)
@@ -82,7 +83,7 @@ def write_exports(params: Params, lay: Layout, best: Path, data_yaml: Path) -> d
         if "openvino" not in x.formats:
             raise TrainingError("export.int8 quantizes through OpenVINO: add openvino to export.formats")
         fraction = min(1.0, x.int8_images / max(1, _train_images(data_yaml)))
-        made = Path(YOLO(str(best)).export(format="openvino", quantize=8, data=str(data_yaml), split="train",
+        made = Path(model.export(format="openvino", quantize=8, data=str(data_yaml), split="train",
                                            fraction=fraction, **common))
         target = lay.model / VERSION_FILES["openvino-int8"]
         made.rename(target)

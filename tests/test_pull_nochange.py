@@ -1,4 +1,5 @@
 """A pull of an unchanged project rebuilds nothing; a changed label, image or dataset folder rebuilds.
+`poseops pull` finds an unchanged project without a flow run (`poseops.pull_unchanged`).
 
 Real Label Studio, the real Prefect API, DVC and git in a fresh repository.
 """
@@ -6,12 +7,17 @@ Real Label Studio, the real Prefect API, DVC and git in a fresh repository.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 from test_pull import COCO8, git, make_project, run_pull, tree_digest
 
 from poseops.coco import read_yolo_pose
 from poseops.labelstudio import LabelStudioClient
+from poseops.pull_unchanged import unchanged_pull
 
 pytestmark = pytest.mark.integration
 IMAGES = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
@@ -45,6 +51,7 @@ def test_an_unchanged_project_keeps_its_version_and_a_change_rebuilds(prefect_ap
         point = next(r for r in result if r["type"] == "keypointlabels")
         point["value"]["x"] = min(99.0, point["value"]["x"] + 1.0)
         client.request("PATCH", f"/api/annotations/{annotation['id']}", json={"result": result})
+    assert unchanged_pull(name) is None  # the CLI's check before the flow sees the change too
     changed = run_pull(name)
     assert changed["unchanged"] is False and changed["dvc_md5"] != first["dvc_md5"]
     assert git(workspace, "rev-parse", "HEAD") != head and git(workspace, "status", "--porcelain", "--", "data") == ""
@@ -64,3 +71,43 @@ def test_a_pull_without_dvc_never_counts_as_a_version(prefect_api, workspace, la
     versioned = run_pull(name)  # the same labels, now recorded with DVC: built, not skipped
     assert versioned["unchanged"] is False and versioned["pushed"] is True and versioned["dvc_md5"]
     assert run_pull(name, version=False)["unchanged"] is False  # --no-version always writes the folder
+
+
+KEPT_FIELDS = ("unchanged", "dvc_md5", "git_commit", "export_snapshot_id", "train_images", "val_images",
+               "keypoints_per_label", "downloaded_images", "label_studio_project_id")
+
+
+def test_nothing_changed_is_found_before_the_flow_with_one_lookup_and_the_export(prefect_api, workspace, label_studio, request_log):
+    name = make_project(label_studio, IMAGES[:6])
+    assert unchanged_pull(name) is None and request_log.requests == []  # no version yet: the flow builds it, unasked
+    first = run_pull(name)
+    flow_kept = run_pull(name)
+    seen = len(request_log.requests)
+    kept = unchanged_pull(name)
+    assert kept is not None and {k: kept[k] for k in KEPT_FIELDS} == {k: flow_kept[k] for k in KEPT_FIELDS}
+    assert kept["unchanged"] is True and kept["dvc_md5"] == first["dvc_md5"] and kept["downloaded_images"] == 0
+    asked = request_log.requests[seen:]  # the project looked up once, the export snapshot made and downloaded
+    lookups = [r for r in asked if r.method == "GET" and r.path.startswith("/api/projects?")]
+    exports = [r for r in asked if r.method == "POST" and r.path.endswith("/exports/")]
+    waits = [r for r in asked if r.method == "GET" and re.search(r"/exports/\d+$", r.path)]  # while it is built
+    downloads = [r for r in asked if r.method == "GET" and r.path.endswith("/download?exportType=JSON")]
+    assert (len(lookups), len(exports), len(downloads)) == (1, 1, 1) and len(asked) == 3 + len(waits), asked
+
+    # the CLI's way: no Prefect imported (so no flow run, no temporary Prefect server)
+    code = (f"import sys; from poseops.pull_unchanged import unchanged_pull; kept = unchanged_pull({name!r}); "
+            "print(kept['unchanged'], 'prefect' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=workspace, env=os.environ, capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
+
+
+def test_a_new_project_under_the_name_is_pulled_not_the_renamed_one(prefect_api, workspace, label_studio):
+    name = make_project(label_studio, IMAGES[:6])
+    first = run_pull(name)
+    with LabelStudioClient(label_studio) as client:  # the project renamed, another made under its name
+        old = client.find_project(name)
+        client.update_project(old.id, title=f"{name}-old")
+    make_project(label_studio, IMAGES[2:8], name=name)
+    assert unchanged_pull(name) is None
+    new = run_pull(name)
+    assert new["unchanged"] is False and new["label_studio_project_id"] != old.id
+    assert new["dvc_md5"] != first["dvc_md5"]

@@ -305,8 +305,10 @@ def pull(
     params: Annotated[Path, typer.Option(help="params.yaml with the `pull` section")] = Path("params.yaml"),
 ) -> None:
     """Pull a dataset's labels from Label Studio into data/NAME (YOLO-pose), checked and versioned with DVC."""
-    pull_labels = flow("pull_labels.pull_labels")
-    summary = pull_labels(dataset=name, params_file=str(params), allow_unlabeled=allow_unlabeled or None, version=version)
+    from poseops.pull_unchanged import unchanged_pull  # nothing changed: found without Prefect, no flow run
+
+    summary = unchanged_pull(name, str(params), allow_unlabeled or None, version) or flow("pull_labels.pull_labels")(
+        dataset=name, params_file=str(params), allow_unlabeled=allow_unlabeled or None, version=version)
     for warning in summary["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     kept = " (no change since the last pull: kept, nothing rebuilt)" if summary.get("unchanged") else ""

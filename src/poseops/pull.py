@@ -324,10 +324,17 @@ def inputs_sha256(name: str, skeleton: Skeleton, options: PullOptions, snapshot:
 
 
 def kept_version(name: str, skeleton: Skeleton, options: PullOptions, snapshot: Snapshot, ready: Readiness,
-                 images: dict[int, Path], say: Callable[[str], None] = lambda _: None) -> PullResult | None:
-    """The last version, when these labeled tasks and images are what it was made of (and it is whole); else None."""
-    kept = unchanged_version(options.data_root / name, options,
-                             inputs_sha256(name, skeleton, options, snapshot, ready, images))
+                 images: dict[int, Path], say: Callable[[str], None] = lambda _: None,
+                 whole: PullResult | None = None) -> PullResult | None:
+    """The last version, when these labeled tasks and images are what it was made of (and it is whole); else None.
+
+    `whole`: the last version, already found whole (`whole_version`); then only the digests are compared.
+    """
+    digest = inputs_sha256(name, skeleton, options, snapshot, ready, images)
+    if whole is not None:
+        kept = whole if options.version and whole.pull_record.inputs_sha256 == digest else None
+    else:
+        kept = unchanged_version(options.data_root / name, options, digest)
     if kept is not None:
         kept.warnings[:0] = ready.warnings
         say(f"no change since the last pull: DVC version {kept.dvc_md5} kept, nothing rebuilt")
@@ -335,19 +342,35 @@ def kept_version(name: str, skeleton: Skeleton, options: PullOptions, snapshot: 
 
 
 def unchanged_version(target: Path, options: PullOptions, digest: str) -> PullResult | None:
-    """The version the last pull left in `target` when it was made of these very inputs (`digest`) and is whole:
-    recorded with DVC and pushed, its folder in place, its .dvc file and record committed (when pulls commit).
+    """The version the last pull left in `target` when it was made of these very inputs (`digest`) and is whole
+    (`whole_version`). None: build it."""
+    if not options.version:
+        return None
+    record = last_record(target)
+    if record is None or record.inputs_sha256 != digest:
+        return None
+    return whole_version(target, options, record)
+
+
+def last_record(target: Path) -> PullRecord | None:
+    """The record of the version in `target` (`<name>.pull.json`); None when there is none or it is not ours."""
+    record_path = pull_record_path(target)
+    try:
+        return PullRecord.from_record(json.loads(record_path.read_text()), str(record_path))
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
+
+
+def whole_version(target: Path, options: PullOptions, record: PullRecord) -> PullResult | None:
+    """`record`'s version as the result of a pull when it is whole: recorded with DVC and pushed, its folder in
+    place, its .dvc file at the recorded hash, the .dvc file and the record committed (when pulls commit).
     None: build it.
     """
     import yaml
 
-    if not options.version or remote_outdated(target, load_settings()):  # a new POSEOPS_DVC_REMOTE: push there
+    if record.dvc_md5 is None:
         return None
-    record_path = pull_record_path(target)
     try:
-        record = PullRecord.from_record(json.loads(record_path.read_text()), str(record_path))
-        if record.inputs_sha256 != digest or record.dvc_md5 is None:
-            return None
         if dvc_md5(target.with_name(f"{target.name}.dvc")) != record.dvc_md5:
             return None
         manifest = DatasetManifest.from_dict(json.loads((target / "manifest.json").read_text()), target)
@@ -358,15 +381,22 @@ def unchanged_version(target: Path, options: PullOptions, digest: str) -> PullRe
         return None
     git_commit = None
     if options.commit:
-        files = [f"{target.name}.dvc", record_path.name]
-        status = subprocess.run(["git", "status", "--porcelain", "--", *files], cwd=target.parent,
-                                capture_output=True, text=True)
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=target.parent, capture_output=True, text=True)
-        if status.returncode or status.stdout.strip() or head.returncode:
+        git_commit = committed(target.parent, [f"{target.name}.dvc", pull_record_path(target).name])
+        if git_commit is None:
             return None
-        git_commit = head.stdout.strip()
     return PullResult(target, manifest, record, warnings=conversion_warnings(manifest.conversion, target),
                       dvc_md5=record.dvc_md5, pushed=True, git_commit=git_commit, unchanged=True)
+
+
+def committed(folder: Path, files: list[str]) -> str | None:
+    """The HEAD commit when `files` (in `folder`) are committed as they are; None otherwise (one git call)."""
+    status = subprocess.run(["git", "status", "--porcelain=v2", "--branch", "--", *files], cwd=folder,
+                            capture_output=True, text=True)
+    lines = status.stdout.splitlines()
+    head = next((ln.split()[2] for ln in lines if ln.startswith("# branch.oid ")), "(initial)")
+    if status.returncode or head == "(initial)" or any(not ln.startswith("#") for ln in lines):
+        return None
+    return head
 
 
 def conversion_warnings(report: ConversionReport, target: Path) -> list[str]:

@@ -348,7 +348,7 @@ def test_second_repro_with_nothing_changed_does_nothing(pipeline):
     text = out.stdout + out.stderr
     assert "Running stage" in pipeline.output
     assert "Running stage" not in text
-    for stage in ("prepare", "train", "evaluate", "export"):
+    for stage in ("prepare", "train", "evaluate"):
         assert f"Stage '{stage}' didn't change, skipping" in text
     assert len(pipeline.mlc.search_runs([r.experiment_id for r in pipeline.mlc.search_experiments()])) == before
     assert len(pipeline.mlc.search_model_versions(f"name='{MODEL}'")) == versions

@@ -8,13 +8,13 @@
             run = wait_for_flow_run(prefect_server, run_id)   # its final state (FlowRun), or AssertionError
 
 API:
-- `prefect_server` (session fixture) -> `PrefectServer(url, api_url, home)`: a real `prefect server start`
-  (its services on: scheduler, lease expiry every second) with its own SQLite database, stopped at the end.
-  While the fixture is active, this test process's Prefect client points at it (`use_prefect_server`).
+- `prefect_server` (module fixture) -> `PrefectServer(url, api_url, home)`: a real `prefect server start`
+  (its services on: scheduler, lease expiry every second) with its own SQLite database, stopped after the
+  module. While it is active, this test process's Prefect client points at it (`use_prefect_server`).
 - `use_prefect_server(server)`: a context in which this process's Prefect client talks to `server`.
 - `prefect_worker(server, pool, cwd, env=None, limit=None, name=None)`: a context manager starting
   `prefect worker start --pool POOL --type process` (the pool is created if missing) in `cwd`, with this
-  process's environment plus `env` and PREFECT_API_URL; it returns once the worker has polled the server
+  process's environment plus `env`, PREFECT_API_URL and a PREFECT_HOME of its own; it returns once the worker has polled the server
   (its heartbeat shows in the pool) and always stops it (SIGINT to its process group, then SIGKILL).
   `worker.log()` is its output so far (printed when a test fails inside the context).
 - `wait_for_flow_run(server, run_id, timeout=300)`: the flow run once it is final.
@@ -75,7 +75,7 @@ def use_prefect_server(server: PrefectServer) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory) -> Iterator[PrefectServer]:
     with running_prefect_server(tmp_path_factory.mktemp("prefect-server")) as server, use_prefect_server(server):
         yield server
@@ -100,7 +100,8 @@ def prefect_worker(server: PrefectServer, pool: str, cwd: Path, env: dict[str, s
     log_path = server.home / f"{name}.log"
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
                "--name", name, "--install-policy", "never", *(["--limit", str(limit)] if limit else [])]
-    full_env = {**os.environ, **(env or {}), "PREFECT_API_URL": server.api_url, "PREFECT_WORKER_QUERY_SECONDS": QUERY_S,
+    full_env = {**os.environ, "PREFECT_HOME": str(server.home / "worker-home"), **(env or {}),
+                "PREFECT_API_URL": server.api_url, "PREFECT_WORKER_QUERY_SECONDS": QUERY_S,
                 "PREFECT_WORKER_PREFETCH_SECONDS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     with open(log_path, "ab") as out:
         process = subprocess.Popen(command, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
@@ -124,7 +125,7 @@ def _wait_until_polling(server: PrefectServer, worker: Worker, timeout: float) -
         assert worker.process.poll() is None, f"the worker exited ({worker.process.returncode}):\n{worker.log()[-4000:]}"
         with use_prefect_server(server), get_client(sync_client=True) as client:
             with contextlib.suppress(Exception):
-                if any(w.name == worker.name for w in client.read_workers_for_work_pool(worker.pool)):
+                if any(w.name == worker.name for w in client.read_workers_for_work_pool(worker.pool, limit=100, offset=0)):
                     return
         time.sleep(0.5)
     raise AssertionError(f"the worker never polled {server.url} in {timeout:.0f} s:\n{worker.log()[-4000:]}")

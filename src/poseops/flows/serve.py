@@ -9,6 +9,8 @@ Schedules are cron strings (empty: run only when triggered from the UI or the CL
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from prefect import serve
 
 from poseops.params import SchedulesParams, load_params
@@ -17,25 +19,41 @@ from poseops.settings import load_settings
 LOOP_DEPLOYMENT = "improvement-loop/loop"  # <flow name>/<deployment name>: annotation events start this one
 
 
-def deployments(config: SchedulesParams, service_url: str) -> list:
-    from poseops.flows.autolabel import autolabel
-    from poseops.flows.loop import improvement_loop
-    from poseops.flows.pull_labels import pull_labels
-    from poseops.flows.train import train_flow
+@dataclass(frozen=True)
+class FlowDeployment:
+    """One deployment of a flow: the same list for `serve-flows` and `deploy-flows --pool` (`poseops.flows.pool`)."""
 
+    flow: str  # the flow object's module path, e.g. poseops.flows.train.train_flow (a work pool's entrypoint)
+    name: str  # the deployment's name
+    cron: str | None  # from params.yaml `schedules`; None: only when triggered
+    description: str
+    parameters: dict = field(default_factory=dict)
+    concurrency_limit: int | None = None
+
+
+def flow_deployments(config: SchedulesParams, service_url: str) -> list[FlowDeployment]:
+    """Every flow's deployment, scheduled from params.yaml `schedules`."""
     dataset = config.dataset
     return [
-        pull_labels.to_deployment(name="pull-labels", cron=config.pull_labels, parameters={"dataset": dataset},
-                                  description="Label Studio → DVC-versioned YOLO-pose dataset"),
-        train_flow.to_deployment(name="train", cron=config.train,
-                                 description="DVC pipeline prepare → train → evaluate → export, tracked in MLflow"),
-        autolabel.to_deployment(name="autolabel", cron=config.autolabel,
-                                parameters={"dataset": dataset, "service_url": service_url},
-                                description="the deployed model pre-labels the tasks nobody labeled"),
-        improvement_loop.to_deployment(name=LOOP_DEPLOYMENT.split("/")[1], cron=config.loop,
-                                       parameters={"dataset": dataset}, concurrency_limit=1,  # one loop at a time
-                                       description="pull → train → promote if better → deploy → autolabel"),
+        FlowDeployment("poseops.flows.pull_labels.pull_labels", "pull-labels", config.pull_labels,
+                       "Label Studio → DVC-versioned YOLO-pose dataset", {"dataset": dataset}),
+        FlowDeployment("poseops.flows.train.train_flow", "train", config.train,
+                       "DVC pipeline prepare → train → evaluate → export, tracked in MLflow"),
+        FlowDeployment("poseops.flows.autolabel.autolabel", "autolabel", config.autolabel,
+                       "the deployed model pre-labels the tasks nobody labeled",
+                       {"dataset": dataset, "service_url": service_url}),
+        FlowDeployment("poseops.flows.loop.improvement_loop", LOOP_DEPLOYMENT.split("/")[1], config.loop,
+                       "pull → train → promote if better → deploy → autolabel", {"dataset": dataset},
+                       concurrency_limit=1),  # one loop at a time
     ]
+
+
+def deployments(config: SchedulesParams, service_url: str) -> list:
+    from prefect.utilities.importtools import import_object
+
+    return [import_object(d.flow).to_deployment(name=d.name, cron=d.cron, parameters=d.parameters or None,
+                                                description=d.description, concurrency_limit=d.concurrency_limit)
+            for d in flow_deployments(config, service_url)]
 
 
 def serve_all(params_file: str = "params.yaml") -> None:

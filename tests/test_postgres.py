@@ -147,11 +147,17 @@ def test_a_wrong_password_is_a_clear_error(postgres_url, tmp_path):  # noqa: F81
 
 
 @pytest.mark.integration
-def test_another_cluster_on_a_taken_port_is_refused(postgres_url, tmp_path):  # noqa: F811 - the fixture
-    """The port answers as PostgreSQL, but not as ours: refused, never adopted."""
-    with pytest.raises(ServerError, match="something poseops did not start already answers"):
-        postgres.up(server_settings(postgres_url, tmp_path / "other"))
+def test_a_cluster_poseops_did_not_start_is_used_never_adopted(postgres_url, tmp_path):  # noqa: F811 - the fixture
+    """Another home's URL on the port of a running cluster: its databases are made there, nothing is started or
+    stopped, and that home's own cluster refuses to start on the taken port."""
+    other = server_settings(postgres_url, tmp_path / "other")
+    status = postgres.up(other)
+    assert status.running and status.foreign and not status.started_here
     assert not (tmp_path / "other" / "postgres" / "data").exists()
+    with pytest.raises(ServerError, match="something poseops did not start already answers"):
+        postgres.cluster(other).up()
+    assert postgres.down(other) is False
+    assert postgres.status(server_settings(postgres_url, cluster_home(postgres_url))).running
 
 
 @pytest.mark.integration

@@ -11,7 +11,8 @@ database name: each part gets its own).
   creates it. PostgreSQL refuses to run as root: under root poseops runs it as the `postgres` OS user (the
   Debian package creates it), which owns the data folder, and `<home>` and `<home>/postgres` let that user
   pass (mode 0711: pass, not list). Without POSEOPS_DATABASE_URL, `ensure_database_url` (what those
-  commands call) writes a local one with a random password into `.env`.
+  commands call) writes a local one with a random password into `.env`. When a cluster poseops did not
+  start already answers at that port (the system's own), poseops uses it as it would another machine's.
 - Any other HOST: the cluster is yours; poseops starts nothing and only creates its databases when missing
   (USER needs CREATEDB, or create them yourself).
 
@@ -328,12 +329,15 @@ def cluster(settings: Settings) -> PostgresCluster:
 
 
 def up(settings: Settings, timeout: float = 120.0) -> ServerStatus:
-    """The cluster running (started here when local) and every part's database present."""
+    """The cluster running and every part's database present. A local cluster is started here, unless one that
+    poseops did not start (the system's, another home's) already answers at the port: then, as with another
+    machine's, poseops only logs in with the URL's user and password and creates the databases."""
     server = database_server(settings)
-    if server.loopback:
-        status = cluster(settings).up(timeout)
+    local = cluster(settings) if server.loopback else None
+    if local is not None and not local.status().foreign:
+        status = local.up(timeout)
     else:
-        connect(server).close()
+        connect(server).close()  # a clear error when it does not answer or refuses the URL's user
         status = ServerStatus(f"postgresql://{server.address}", True, None, False, foreign=True)
     ensure_databases(settings)
     return status

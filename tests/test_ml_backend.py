@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -40,6 +41,19 @@ def register(mlc, files, alias: str = "champion") -> str:
 @pytest.fixture
 def backend(workspace, label_studio, prefect_api, monkeypatch, tmp_path):
     """A registered champion, a dataset, the backend running and connected to the dataset's project."""
+    with running_backend(workspace, label_studio, monkeypatch, tmp_path, champion=True) as running:
+        yield running
+
+
+@pytest.fixture
+def backend_without_champion(workspace, label_studio, prefect_api, monkeypatch, tmp_path):
+    """The same before any model was trained: no registry at all."""
+    with running_backend(workspace, label_studio, monkeypatch, tmp_path, champion=False) as running:
+        yield running
+
+
+@contextmanager
+def running_backend(workspace, label_studio, monkeypatch, tmp_path, champion: bool):
     from prefect.settings import PREFECT_API_URL
 
     from poseops import stack, tracking
@@ -60,8 +74,10 @@ def backend(workspace, label_studio, prefect_api, monkeypatch, tmp_path):
     files.mkdir()
     shutil.copyfile(export_onnx(PRETRAINED), files / "model.onnx")
     shutil.copyfile(PERSON_SPEC, files / "skeleton.yaml")
-    mlc = tracking.client()
-    register(mlc, files)
+    mlc = None
+    if champion:
+        mlc = tracking.client()
+        register(mlc, files)
 
     settings = load_settings()
     name = f"backend-{free_port()}"
@@ -139,6 +155,32 @@ def test_opening_a_task_shows_the_champion_prediction_and_follows_promotion(back
     later = new_task(client, project_id, IMAGES[1])
     assert [p["model_version"] for p in opened(client, later)["predictions"]] == ["poseops-pose:2"]
     assert [p["model_version"] for p in opened(client, task_id)["predictions"]] == ["poseops-pose:1"]  # kept
+
+
+def test_before_any_champion_a_task_opens_with_the_template_skeleton_then_the_first_champion_s(
+        backend_without_champion):
+    """No model yet: the backend connects, and a task imported without the upload's pre-label opens with the
+    dataset's template skeleton, as `poseops dataset create` places it. The first promotion takes over."""
+    from poseops.datasets import TEMPLATE_VERSION, image_size, load_record, template_prediction
+    from poseops.skeleton import load_skeleton
+
+    b = backend_without_champion
+    client, project_id = b["client"], b["project_id"]
+    assert b["link"].model_version == TEMPLATE_VERSION  # Label Studio accepted it (it refused a 503 before)
+    assert httpx.get(f"{b['settings'].ml_backend_url}/health").json()["model_version"] == TEMPLATE_VERSION
+    task_id = new_task(client, project_id, IMAGES[0])
+    (prediction,) = opened(client, task_id)["predictions"]
+    expected = template_prediction(load_skeleton(PERSON_SPEC), load_record(b["settings"], b["name"]),
+                                   *image_size(IMAGES[0]))
+    assert prediction["model_version"] == TEMPLATE_VERSION and prediction["result"] == expected["result"]
+    assert len(prediction["result"]) == 1 + len(load_skeleton(PERSON_SPEC).classes[0].keypoints)
+
+    from poseops import tracking
+
+    register(tracking.client(), b["files"])  # the first champion; Label Studio is not touched
+    time.sleep(2.5)
+    later = new_task(client, project_id, IMAGES[1])
+    assert [p["model_version"] for p in opened(client, later)["predictions"]] == ["poseops-pose:1"]
 
 
 SCREENSHOT = "labelstudio-ml-backend.png"

@@ -3,11 +3,17 @@
 Label Studio's ML backend protocol is four JSON endpoints (`GET /health`, `POST /setup`,
 `POST /predict`, `POST /webhook`), written here directly on FastAPI: the `label-studio-ml`
 package on the registry (1.0.9) pins Flask 1.1 and Jinja2 3.0, which the rest of the stack
-cannot share. The backend follows the registry's champion alias: each `/setup` (Label Studio
-calls it before every prediction run) and each `/predict` looks the alias up, and a promotion
-swaps the model in without touching Label Studio. The result regions come from the same
-code as batch autolabel (`autolabel.prediction_of`), so both write the same skeleton in the
-spec's order under the same model version name (`<registered model>:<version>`).
+cannot share. The backend follows the registry's champion alias (`/setup`, which Label Studio
+calls before every prediction run, and `/predict` use the last lookup, at most ALIAS_TTL_S old),
+and a promotion swaps the model in without touching Label Studio. The result regions come from
+the same code as batch autolabel (`autolabel.prediction_of`), so both write the same skeleton in
+the spec's order under the same model version name (`<registered model>:<version>`). Each image
+is fetched from Label Studio and decoded once; the answer's `Server-Timing` header says where
+the time went (fetch, decode, detect, regions).
+
+Before any model is promoted, the backend answers the dataset's template skeleton (model
+version `template`, the pre-label `poseops dataset create` places on uploads): an annotator who
+opens a task imported some other way gets the same skeleton to drag into place, not an error.
 
 `/webhook` receives Label Studio's annotation events and hands them to
 `poseops.retrain_trigger`, which starts the loop deployment when enough labels changed.
@@ -39,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Poseops-Webhook-Secret"  # noqa: S105 - a header name, not a secret
 ALIAS_TTL_S = 2.0  # how long one alias lookup answers for (a burst of /predict calls asks the registry once)
+PROJECT_TTL_S = 30.0  # how long a project's dataset record (for the template) is kept
 
 
 class BackendError(PoseopsError, RuntimeError):
@@ -49,11 +56,16 @@ class BackendError(PoseopsError, RuntimeError):
 class LoadedModel:
     version: str  # "<registered model>:<version>", the predictions' model_version
     skeleton: Any
-    detect: Any  # bytes → detections
+    model: Any  # inference.PoseModel: detects in decoded images
 
 
 class Champion:
-    """The model the registry's champion alias names, loaded once per version."""
+    """The model the registry's champion alias names, loaded once per version.
+
+    The alias is looked up at most every ALIAS_TTL_S, and off the request path: a request that finds
+    the last lookup older than half of it starts the next one in the background and goes on with the
+    version it has; only one older than ALIAS_TTL_S (an idle backend) waits for a lookup.
+    """
 
     def __init__(self, settings: Settings, params: Params) -> None:
         self.settings, self.params = settings, params
@@ -61,18 +73,41 @@ class Champion:
         self._model: LoadedModel | None = None
         self._checked_at = 0.0
         self._version: str | None = None
+        self._refreshing = False
+        self._registry = None  # one MLflow client, made on first use
+
+    def _lookup(self) -> str:
+        from poseops import tracking
+
+        try:
+            if self._registry is None:
+                self._registry = tracking.client(must_exist=True)
+            mv = tracking.resolve_model_uri(self._registry, self.params.champion_uri)
+        except PoseopsError as e:
+            raise BackendError(f"no champion to predict with: {e}") from None
+        return f"{mv.name}:{mv.version}"
+
+    def _refresh(self) -> None:
+        try:
+            version = self._lookup()
+        except Exception as e:  # noqa: BLE001 - the next request looks again, and says why when it must wait
+            log.warning("looking up the champion failed: %s", e)
+            version = None
+        with self._lock:
+            if version is not None:
+                self._version, self._checked_at = version, time.monotonic()
+            self._refreshing = False
 
     def version(self) -> str:
         """The champion's `<name>:<version>` now (looked up at most every ALIAS_TTL_S)."""
         with self._lock:
-            if self._version is None or time.monotonic() - self._checked_at > ALIAS_TTL_S:
-                from poseops import tracking
-
-                try:
-                    mv = tracking.resolve_model_uri(tracking.client(must_exist=True), self.params.champion_uri)
-                except PoseopsError as e:
-                    raise BackendError(f"no champion to predict with: {e}") from None
-                self._version, self._checked_at = f"{mv.name}:{mv.version}", time.monotonic()
+            age = time.monotonic() - self._checked_at
+            if self._version is not None and age <= ALIAS_TTL_S:
+                if age > ALIAS_TTL_S / 2 and not self._refreshing:
+                    self._refreshing = True
+                    threading.Thread(target=self._refresh, name="champion-alias", daemon=True).start()
+                return self._version
+            self._version, self._checked_at = self._lookup(), time.monotonic()
             return self._version
 
     def model(self) -> LoadedModel:
@@ -84,7 +119,7 @@ class Champion:
             return self._model
 
     def _load(self, version: str) -> LoadedModel:
-        from poseops.autolabel import AutolabelOptions, detector
+        from poseops.autolabel import local_model
         from poseops.deploy import fetch_version
         from poseops.detector import ServiceConfig
         from poseops.skeleton import load_skeleton
@@ -92,41 +127,128 @@ class Champion:
         name, number = version.rsplit(":", 1)
         _, files = fetch_version(f"models:/{name}/{number}", self.settings)
         config = ServiceConfig().with_model_files(files)
-        options = AutolabelOptions.of(self.params.autolabel)
-        return LoadedModel(version, load_skeleton(config.skeleton),
-                           detector(None, str(config.weights), str(config.skeleton), options))
+        return LoadedModel(version, load_skeleton(config.skeleton), local_model(str(config.weights), str(config.skeleton)))
+
+
+@dataclass
+class Timings:
+    """Where a /predict call's time went, in seconds (the `Server-Timing` header of its answer)."""
+
+    fetch: float = 0.0  # the images from Label Studio
+    decode: float = 0.0
+    detect: float = 0.0  # the model on the image
+    regions: float = 0.0  # Label Studio result regions and their score (with the inferences a score needs)
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in vars(self).items())
 
 
 class Backend:
     """What the endpoints do, apart from HTTP."""
 
     def __init__(self, settings: Settings, params: Params) -> None:
+        from poseops.autolabel import AutolabelOptions
         from poseops.labelstudio import LabelStudioClient
 
         self.settings, self.params = settings, params
+        self.options = AutolabelOptions.of(params.autolabel)
         self.champion = Champion(settings, params)
         self.client = LabelStudioClient(settings, retries=1)
+        self._records: dict[int, tuple[float, Any]] = {}  # project id → (when read, its dataset record)
 
-    def predict(self, tasks: list[dict]) -> list[dict]:
-        """One prediction per task, in order: `{"result", "score", "model_version"}` (an empty result on a bad image)."""
-        from poseops.autolabel import AutolabelOptions, prediction_of
-        from poseops.datasets import image_size
-        from poseops.scores import detect_mirrored
+    def model_version(self) -> str:
+        """The champion's version, or `template` while there is none (the template skeleton is the prediction)."""
+        from poseops.datasets import TEMPLATE_VERSION
 
-        model = self.champion.model()
-        options = AutolabelOptions.of(self.params.autolabel)
+        try:
+            return self.champion.version()
+        except BackendError:
+            return TEMPLATE_VERSION
+
+    def predict(self, tasks: list[dict], timings: Timings | None = None) -> list[dict]:
+        """One prediction per task, in order: `{"result", "score", "model_version"}` (an empty result on a bad image).
+
+        Without a champion, each task gets its dataset's template skeleton (as `poseops dataset create` places it);
+        BackendError when a task's project is no poseops dataset."""
+        timings = timings or Timings()
+        try:
+            model = self.champion.model()
+        except BackendError as no_champion:
+            return [self.template(task, no_champion, timings) for task in tasks]
         out = []
         for task in tasks:
             try:
-                content = self.client.download(str((task.get("data") or {}).get("image", "")))
-                width, height = image_size(content)
-                result, score = prediction_of(model.skeleton, model.detect(content), width, height, options,
-                                              lambda: detect_mirrored(model.detect, content))  # noqa: B023 - called now
+                result, score = self._predict_one(model, task, timings)
             except Exception as e:  # noqa: BLE001 - one bad task must not fail the others; it gets an empty result
                 log.warning("task %s: no prediction (%s: %s)", task.get("id"), type(e).__name__, e)
                 result, score = [], 0.0
             out.append({"result": result, "score": score, "model_version": model.version})
         return out
+
+    def _fetch(self, task: dict, timings: Timings) -> bytes:
+        started = time.perf_counter()
+        content = self.client.download(str((task.get("data") or {}).get("image", "")))
+        timings.fetch += time.perf_counter() - started
+        return content
+
+    def _predict_one(self, model: LoadedModel, task: dict, timings: Timings) -> tuple[list[dict], float]:
+        from poseops.autolabel import prediction_of
+        from poseops.imageio import check_within_budget
+        from poseops.neighbour_frames import neighbours_of
+        from poseops.scores import decode
+
+        content = self._fetch(task, timings)
+        started = time.perf_counter()
+        check_within_budget(content)  # from its header, before OpenCV decodes anything
+        image = decode(content)  # once: its size as shown (EXIF applied), the model's input, the scores'
+        height, width = image.shape[:2]
+        decoded = time.perf_counter()
+        timings.decode += decoded - started
+        options = self.options
+
+        def detect(picture) -> list[dict]:
+            return model.model.detect(picture, options.conf_thres, options.iou_thres)
+
+        def mirror() -> list[dict]:
+            import cv2
+
+            return detect(cv2.flip(image, 1))
+
+        detections = detect(image)
+        detected = time.perf_counter()
+        timings.detect += detected - decoded
+        result, score = prediction_of(model.skeleton, detections, width, height, options, mirror,
+                                      neighbours_of(task.get("data"), lambda: image, options.video_dirs, detect))
+        timings.regions += time.perf_counter() - detected
+        return result, score
+
+    def template(self, task: dict, no_champion: BackendError, timings: Timings) -> dict:
+        """The template pre-label of the task's dataset, the one `poseops dataset create` and uploads place."""
+        from poseops.datasets import image_size, template_prediction
+
+        record = self._record_of(task, no_champion)
+        content = self._fetch(task, timings)
+        started = time.perf_counter()
+        prediction = template_prediction(record.skeleton_spec(), record, *image_size(content))
+        timings.regions += time.perf_counter() - started
+        return prediction
+
+    def _record_of(self, task: dict, no_champion: BackendError):
+        from poseops.datasets import DatasetError, load_record
+
+        project_id = task.get("project")
+        if not isinstance(project_id, int):
+            raise no_champion
+        when, record = self._records.get(project_id, (0.0, None))
+        if record is None or time.monotonic() - when > PROJECT_TTL_S:
+            title = self.client.get_project(project_id).title
+            try:
+                record = load_record(self.settings, title)
+            except DatasetError:
+                raise BackendError(f"{no_champion}; and project {project_id} ({title!r}) is no poseops dataset here, "
+                                   "so there is no template skeleton to show either") from None
+            self._records[project_id] = (time.monotonic(), record)
+        return record
 
 
 def secret_matches(given: str | None, expected: str) -> bool:
@@ -194,29 +316,24 @@ def create_app(settings: Settings | None = None, params: Params | None = None):
 
     @app.get("/health")
     def health():
-        try:
-            version = backend.champion.version()
-        except BackendError:
-            version = None
-        return {"status": "UP", "model_class": "poseops", "model_version": version}
+        return {"status": "UP", "model_class": "poseops", "model_version": backend.model_version()}
 
     @app.post("/setup")
     def setup(body: dict | None = None):
-        try:
-            return {"model_version": backend.champion.version()}
-        except BackendError as e:
-            return error(503, "no_champion", str(e))
+        return {"model_version": backend.model_version()}
 
     @app.post("/predict")
     def predict(body: dict):
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
             return error(400, "bad_request", "the body needs `tasks`, a list of Label Studio tasks")
+        timings = Timings()
         try:
-            results = backend.predict(tasks)
+            results = backend.predict(tasks, timings)
         except BackendError as e:
             return error(503, "no_champion", str(e))
-        return {"results": results, "model_version": results[0]["model_version"] if results else None}
+        return JSONResponse({"results": results, "model_version": results[0]["model_version"] if results else None},
+                            headers={"Server-Timing": timings.header()})
 
     @app.post("/webhook")
     async def webhook(request: Request):

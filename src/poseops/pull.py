@@ -73,7 +73,7 @@ def pull_options(section: PullParams, **overrides) -> PullOptions:
 @dataclass
 class Snapshot:
     project_id: int
-    export_id: int
+    export_id: int | None  # None: the tasks as Label Studio's direct export gives them, no snapshot kept
     tasks: list[dict]
 
 
@@ -96,15 +96,26 @@ def export_snapshot(client: LabelStudioClient, project_id: int, timeout: float =
     if status == "failed":
         raise LabelStudioError(f"Label Studio failed to build export snapshot {export['id']}; see its log")
     raw = client.request("GET", f"{exports}/{export['id']}/download", params={"exportType": "JSON"}).content
+    return Snapshot(project_id, export["id"], _exported_tasks(raw, f"export snapshot {export['id']} of project {project_id}"))
+
+
+def export_tasks(client: LabelStudioClient, project_id: int) -> Snapshot:
+    """Every task (labeled or not) in one request, Label Studio's direct export: the same JSON as a snapshot's,
+    but no snapshot is made or kept (what the no-change check reads, `poseops.pull_unchanged`)."""
+    raw = client.request("GET", f"/api/projects/{project_id}/export",
+                         params={"exportType": "JSON", "download_all_tasks": "true"}).content
+    return Snapshot(project_id, None, _exported_tasks(raw, f"the export of project {project_id}"))
+
+
+def _exported_tasks(raw: bytes, what: str) -> list[dict]:
     from poseops.convert import ExportError, check_tasks
 
     try:
-        tasks = check_tasks(json.loads(raw), f"export snapshot {export['id']} of project {project_id}")
+        return check_tasks(json.loads(raw), what)
     except json.JSONDecodeError as e:
-        raise LabelStudioError(f"export snapshot {export['id']} is not JSON ({e})") from None
+        raise LabelStudioError(f"{what} is not JSON ({e})") from None
     except ExportError as e:
         raise LabelStudioError(str(e)) from None
-    return Snapshot(project_id, export["id"], tasks)
 
 
 # --- the ready gate ------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """A pull with nothing changed, found before the Prefect flow starts.
 
-`poseops pull NAME` asks here first. With one Label Studio client it takes the export snapshot of the project
-the last version came from while it looks the project up by name (once) and reads the skeleton spec, runs
-the ready gate, finds every labeled image in the cache and compares the inputs' digest
-with the last version's record (`poseops.pull.kept_version`). When that version was made of these very
-inputs and is whole, it is the pull's result, and no flow runs: Prefect is not imported, no flow or task run
-is made (nor Prefect's temporary server started when none runs). Anything else (the first pull, a changed
-label or image, an image not cached yet, a project not ready, Label Studio not answering, `--no-version`)
-runs the `pull-labels` flow as before, which does the whole pull with its retries and reports what fails.
+`poseops pull NAME` asks here first. With one Label Studio client it reads every task of the project the
+last version came from (Label Studio's direct export: one request, no export snapshot made) while it looks
+the project up by name (once), reads the skeleton spec and checks the version is whole; then it runs the
+ready gate, finds every labeled image in the cache and compares the inputs' digest with the last version's
+record (`poseops.pull.kept_version`). When that version was made of these very inputs and is whole, it is
+the pull's result, and no flow runs: Prefect is not imported, no flow or task run is made (nor Prefect's
+temporary server started when none runs). Anything else (the first pull, a changed label or image, an
+image not cached yet, a project not ready, Label Studio not answering, `--no-version`) runs the
+`pull-labels` flow as before, which does the whole pull with its retries and reports what fails.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def unchanged_pull(dataset: str, params_file: str = "params.yaml", allow_unlabel
 
 
 def _kept_summary(dataset: str, options: Any, last: Any) -> dict[str, Any] | None:
-    """The export of the project the last version came from, taken while the project is looked up by name, the
+    """The tasks of the project the last version came from, exported while the project is looked up by name, the
     skeleton spec read and the version checked whole; None when the name now leads to another project, or
     anything changed."""
     from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +54,7 @@ def _kept_summary(dataset: str, options: Any, last: Any) -> dict[str, Any] | Non
 
     settings = load_settings()
     with LabelStudioClient(settings, retries=0) as client, ThreadPoolExecutor(3) as pool:
-        export = pool.submit(steps.export_snapshot, client, last.label_studio_project_id)
+        export = pool.submit(steps.export_tasks, client, last.label_studio_project_id)
         found = pool.submit(project_of, client, dataset)
         whole = pool.submit(steps.whole_version, options.data_root / dataset, options, last)
         skeleton = load_record(settings, dataset).skeleton_spec()

@@ -212,15 +212,17 @@ def record_write(report: AutolabelReport, predicted: list[tuple[dict, list[dict]
 
 
 @functools.lru_cache(maxsize=2)
-def local_model(weights: str, skeleton_path: str):
-    """The model in this process (one per worker process), loaded once."""
+def local_model(weights: str, skeleton: Skeleton | str):
+    """The model in this process (one per worker process), loaded once. `skeleton`: the spec, or its file
+    (a Dask worker gets the spec itself: the file is on the machine that started the run)."""
     from poseops.inference import load_model
     from poseops.skeleton import load_skeleton
 
-    return load_model(weights, load_skeleton(skeleton_path))  # the best runtime for the CPU, or POSEOPS_RUNTIME
+    spec = skeleton if isinstance(skeleton, Skeleton) else load_skeleton(skeleton)
+    return load_model(weights, spec)  # the best runtime for the CPU, or POSEOPS_RUNTIME
 
 
-def detector(service_url: str | None, weights: str | None, skeleton_path: str,
+def detector(service_url: str | None, weights: str | None, skeleton: Skeleton | str,
              options: AutolabelOptions) -> Callable[[bytes], Detections]:
     """bytes → detections, through the service or the local model."""
     if service_url:
@@ -231,7 +233,7 @@ def detector(service_url: str | None, weights: str | None, skeleton_path: str,
     import cv2
     import numpy as np
 
-    model = local_model(str(weights), skeleton_path)
+    model = local_model(str(weights), skeleton)
 
     def detect(image: bytes) -> Detections:
         check_within_budget(image)  # before OpenCV decodes anything: refused from its header, reported per task

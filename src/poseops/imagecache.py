@@ -3,6 +3,9 @@
 A task's image is downloaded once; the cache keeps it under its SHA-256 (a lookup takes
 only a hash, so a crafted task cannot point outside the cache), with an index from the
 image URL to the hash, so a second pull of an unchanged project downloads nothing.
+Each process that fetches (a pull, every Dask worker of an autolabel run) uses the cache in its own
+POSEOPS_HOME: a worker on another machine downloads what its tasks need into its own cache, and
+processes that share a disk share one cache safely.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,7 +80,13 @@ class ImageCache:
         return path
 
     def save_index(self) -> None:
-        tmp = self.index_path.with_suffix(".tmp")
+        """Write the URL index, keeping what other processes on this cache (Dask workers, a pull) added meanwhile."""
+        try:
+            on_disk = json.loads(self.index_path.read_text()) if self.index_path.is_file() else {}
+        except ValueError:
+            on_disk = {}
+        self.urls = {**on_disk, **self.urls}
+        tmp = self.index_path.with_name(f".urls.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
         tmp.write_text(json.dumps(self.urls))
         tmp.replace(self.index_path)
 

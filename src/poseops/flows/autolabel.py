@@ -14,6 +14,7 @@ run on threads that way too. The steps live in `poseops.autolabel`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -22,13 +23,31 @@ from prefect.utilities.annotations import quote
 
 from poseops import autolabel as steps
 from poseops.autolabel_pipeline import LocalModel, run_pipeline
-from poseops.datasets import load_record, project_of
+from poseops.datasets import DatasetRecord, load_record, project_of
 from poseops.flows.quick import quick_flow
 from poseops.flows.retries import NETWORK_RETRIES, label_studio
 from poseops.imagecache import ImageCache, fetch_images
 from poseops.params import AutolabelParams, load_params
 from poseops.reports import AutolabelSummary, artifact_key, autolabel_markdown
 from poseops.settings import load_settings
+from poseops.skeleton import Skeleton, parse_skeleton
+
+
+@dataclass(frozen=True)
+class SkeletonText:
+    """The dataset's skeleton spec as its YAML, for workers that do not have its file (plain strings: Dask
+    rebuilds dataclasses in task arguments field by field, which a `Skeleton`'s nested tuples do not survive)."""
+
+    text: str
+    source: str
+
+    @classmethod
+    def of(cls, record: DatasetRecord) -> SkeletonText:
+        record.skeleton_spec()  # checked here, where the file is
+        return cls(Path(record.skeleton).read_text(encoding="utf-8"), record.skeleton)
+
+    def parse(self) -> Skeleton:
+        return parse_skeleton(self.text, self.source)
 
 
 def task_runner(config: AutolabelParams):
@@ -55,25 +74,26 @@ def find_tasks(dataset: str, model_version: str, redo: bool) -> tuple[int, list[
 
 
 @task(**NETWORK_RETRIES)
-def predict_batch(dataset: str, project_id: int, batch: list[dict], model_version: str, service_url: str | None,
-                  weights: str | None, options: steps.AutolabelOptions) -> steps.AutolabelReport:
-    """One batch: fetch its images (cache first), detect, write predictions. Runs on any worker."""
+def predict_batch(project_id: int, batch: list[dict], model_version: str, service_url: str | None,
+                  weights: str | None, spec: SkeletonText, options: steps.AutolabelOptions) -> steps.AutolabelReport:
+    """One batch: fetch its images, detect, write predictions. Runs on any worker, on any machine: it reads
+    this worker's settings (Label Studio, POSEOPS_HOME) and downloads what it lacks into this worker's own
+    image cache; nothing of the machine that started the run (its dataset record, its cache) is needed."""
     settings = load_settings()
-    record = load_record(settings, dataset)
+    skeleton = spec.parse()
     report = steps.AutolabelReport(model_version)
     with label_studio(settings) as client:
         images, _ = fetch_images(client, batch, ImageCache(settings.home / "cache" / "images"), workers=options.workers)
-        detect = steps.detector(service_url, weights, record.skeleton, options)
-        steps.label_tasks(client, project_id, record.skeleton_spec(), batch, images, detect, model_version, options,
-                          report)
+        detect = steps.detector(service_url, weights, skeleton, options)
+        steps.label_tasks(client, project_id, skeleton, batch, images, detect, model_version, options, report)
     return report
 
 
 @flow(name="autolabel-batches")
-def label_batches(dataset: str, project_id: int, batches: list[list[dict]], model_version: str,
-                  service_url: str | None, weights: str | None,
+def label_batches(project_id: int, batches: list[list[dict]], model_version: str, service_url: str | None,
+                  weights: str | None, spec: SkeletonText,
                   options: steps.AutolabelOptions) -> list[steps.AutolabelReport]:
-    futures = predict_batch.map(dataset, project_id, batches, model_version, service_url, weights, options)
+    futures = predict_batch.map(project_id, batches, model_version, service_url, weights, spec, options)
     return [f.result() for f in futures]
 
 
@@ -144,8 +164,9 @@ def autolabel(dataset: str = "demo-people", service_url: str | None = None, weig
     elif config.task_runner == "threads" and not service_url:
         reports = [label_in_this_process(dataset, project_id, batches, model_version, weights, options)]
     else:
+        spec = SkeletonText.of(load_record(load_settings(), dataset))
         reports = label_batches.with_options(task_runner=task_runner(config))(
-            dataset, project_id, batches, model_version, service_url, weights, options)
+            project_id, batches, model_version, service_url, weights, spec, options)
     predicted = {int(k): v for r in reports for k, v in r.predicted.items()}
     failed = {int(k): v for r in reports for k, v in r.failed.items()}
     moved_back = 0

@@ -4,9 +4,10 @@
 
 1. The bare networks on the same preprocessed input (no letterbox, no NMS): ONNX Runtime (one call after the
    other: its latency and throughput), OpenVINO in latency mode (one after the other) and in throughput mode
-   (an async queue of its optimal number of requests). Each side runs `--seconds`, interleaved over `--cycles`.
-2. The models as poseops runs them (`PoseModel.detect`, Ultralytics' letterbox and NMS): ONNX Runtime one image
-   after the other, OpenVINO (f32, throughput streams) one after the other and from 4 threads.
+   (one call after the other, and an async queue of its optimal number of requests). Each side runs `--seconds`, interleaved over `--cycles`.
+2. The models as poseops runs them (`PoseModel.detect`, Ultralytics' letterbox and NMS) on the same 4 images:
+   ONNX Runtime, OpenVINO f32 compiled for latency (as `poseops predict` and autolabel load it) and for throughput
+   (as the service loads it), each one image after the other (one caller) and from 4 threads (4 callers).
 3. INT8 (OpenVINO's post-training quantization, calibrated on coco8-pose's train split) against f32 OpenVINO:
    the same two speeds, and each one's pose mAP50-95 on the val split against best.pt with the same square input.
 Prints both sides of every ratio.
@@ -15,7 +16,9 @@ Prints both sides of every ratio.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -70,7 +73,9 @@ def bare_networks(onnx_file: Path, openvino_dir: Path, imgsz: int) -> dict[str, 
     throughput = core.compile_model(str(xml), "CPU", {**EXACT, "PERFORMANCE_HINT": "THROUGHPUT"})
     queue = ov.AsyncInferQueue(throughput, int(throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
     same = float(np.abs(session.run(None, {name: x})[0] - latency(x)[0]).max())
-    print(f"bare networks: largest output difference ONNX Runtime vs OpenVINO f32: {same:.2e} (coordinates in pixels)")
+    modes = float(np.abs(latency(x)[0] - throughput(x)[0]).max())
+    print(f"bare networks: largest output difference ONNX Runtime vs OpenVINO f32: {same:.2e}, OpenVINO latency vs "
+          f"throughput: {modes:.2e} (coordinates in pixels)")
 
     def async_batch() -> int:
         for _ in range(8):
@@ -80,17 +85,36 @@ def bare_networks(onnx_file: Path, openvino_dir: Path, imgsz: int) -> dict[str, 
 
     return {"onnxruntime": lambda: (session.run(None, {name: x}), 1)[1],
             "openvino_latency": lambda: (latency(x), 1)[1],
+            "openvino_throughput_one_caller": lambda: (throughput(x), 1)[1],
             "openvino_throughput": async_batch}
 
 
 def pipelines(models: dict, images: list) -> dict[str, Callable[[], int]]:
+    """Each model one image after the other (the images in turn) and from 4 threads (4 images at once)."""
     sides: dict[str, Callable[[], int]] = {}
     pool = ThreadPoolExecutor(4)
     for name, model in models.items():
-        sides[f"{name}_sequential"] = lambda m=model: (m.detect(images[0]), 1)[1]
-        if model.concurrency > 1:
-            sides[f"{name}_4_threads"] = lambda m=model: len(list(pool.map(m.detect, images)))
+        turn = itertools.cycle(images)
+        sides[f"{name}_sequential"] = lambda m=model, t=turn: (m.detect(next(t)), 1)[1]
+        sides[f"{name}_4_threads"] = lambda m=model: len(list(pool.map(m.detect, images)))
     return sides
+
+
+def largest_difference(models: dict, images: list) -> dict[str, float]:
+    """Each model's largest difference from ONNX Runtime's detections on the images (pixels, confidence)."""
+    import numpy as np
+
+    def values(detections: list[dict]) -> np.ndarray:
+        return np.array([[d["x"], d["y"], d["width"], d["height"], d["confidence"],
+                          *(v for k in d["keypoints"] for v in (k["x"], k["y"]))] for d in detections])
+
+    expected = [values(models["onnxruntime"].detect(im)) for im in images]
+    out = {}
+    for name, model in models.items():
+        got = [values(model.detect(im)) for im in images]
+        same = all(g.shape == e.shape for g, e in zip(got, expected, strict=True))
+        out[name] = max(float(np.abs(g - e).max(initial=0)) for g, e in zip(got, expected, strict=True)) if same else float("inf")
+    return out
 
 
 def main() -> None:
@@ -113,15 +137,20 @@ def main() -> None:
     onnx_file = export_cached(weights, "onnx", args.imgsz, cache)
     openvino_dir = export_cached(weights, "openvino", args.imgsz, cache)
     spec = load_skeleton(PERSON_SPEC)
-    models = {"onnxruntime": load_model(onnx_file, spec, "onnx"), "openvino_f32": load_model(openvino_dir, spec)}
+    models = {"onnxruntime": load_model(onnx_file, spec, "onnx"),
+              "openvino_latency": load_model(openvino_dir, spec, performance="latency"),
+              "openvino_throughput": load_model(openvino_dir, spec, performance="throughput")}
     quality: dict[str, float] = {}
     if args.int8:
         int8_dir, quality = int8_and_accuracy(weights, openvino_dir, args.imgsz, work)
         models["openvino_int8"] = load_model(int8_dir, spec)
     images = [cv2.imread(str(p)) for p in sorted((COCO8 / "images").rglob("*.jpg"))][:4]
+    differences = largest_difference(models, images)
+    load_before = os.getloadavg()[0]
     bare = interleaved_rates(bare_networks(onnx_file, openvino_dir, args.imgsz), args.seconds, args.cycles)
     full = interleaved_rates(pipelines(models, images), args.seconds, args.cycles)
-    report(args, bare, full, quality, {k: m.info().get("openvino", {}) for k, m in models.items()})
+    report(args, bare, full, quality, {k: m.info().get("openvino", {}) for k, m in models.items()}, differences)
+    print(f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
 
 
 def int8_and_accuracy(weights: Path, openvino_dir: Path, imgsz: int, work: Path) -> tuple[Path, dict[str, float]]:
@@ -150,7 +179,7 @@ def int8_and_accuracy(weights: Path, openvino_dir: Path, imgsz: int, work: Path)
     return int8_dir, quality
 
 
-def report(args, bare: dict, full: dict, quality: dict[str, float], compiled: dict) -> None:
+def report(args, bare: dict, full: dict, quality: dict[str, float], compiled: dict, differences: dict) -> None:
     print(RESULTS)
     print(f"yolo11n-pose at {args.imgsz} px; {args.cycles} cycles of {args.seconds:.0f} s per side, interleaved")
     print("bare network (same input tensor)       p50 ms    images/s")
@@ -159,21 +188,32 @@ def report(args, bare: dict, full: dict, quality: dict[str, float], compiled: di
     print("as poseops runs it (letterbox, NMS)   p50 ms    images/s")
     for name, r in full.items():
         print(f"  {name:<36}{r['p50_ms']:>8.1f}{r['per_s']:>12.2f}")
-    print(f"OpenVINO compiled: {json.dumps(compiled.get('openvino_f32', {}))}")
+    for name in ("openvino_latency", "openvino_throughput"):
+        print(f"{name} compiled: {json.dumps(compiled.get(name, {}))}")
+    print("largest difference from ONNX Runtime's detections (px, confidence): "
+          + ", ".join(f"{k} {v:.1e}" for k, v in differences.items() if k != "onnxruntime"))
+
+    def per_s(a: str, b: str) -> float:
+        return round(full[a]["per_s"] / full[b]["per_s"], 3)
+
     ort, ov_lat, ov_thr = bare["onnxruntime"], bare["openvino_latency"], bare["openvino_throughput"]
     ratios = {
         "bare_latency_onnxruntime_over_openvino": round(ort["p50_ms"] / ov_lat["p50_ms"], 3),
         "bare_throughput_openvino_streams_over_onnxruntime": round(ov_thr["per_s"] / ort["per_s"], 3),
-        "detect_openvino_sequential_over_onnxruntime": round(full["openvino_f32_sequential"]["per_s"]
-                                                             / full["onnxruntime_sequential"]["per_s"], 3),
-        "detect_openvino_4_threads_over_onnxruntime_sequential": round(full["openvino_f32_4_threads"]["per_s"]
-                                                                       / full["onnxruntime_sequential"]["per_s"], 3),
+        "detect_sequential_openvino_latency_over_onnxruntime": per_s("openvino_latency_sequential",
+                                                                     "onnxruntime_sequential"),
+        "detect_sequential_openvino_throughput_over_onnxruntime": per_s("openvino_throughput_sequential",
+                                                                        "onnxruntime_sequential"),
+        "detect_sequential_openvino_latency_over_throughput": per_s("openvino_latency_sequential",
+                                                                    "openvino_throughput_sequential"),
+        "detect_4_threads_openvino_throughput_over_latency": per_s("openvino_throughput_4_threads",
+                                                                   "openvino_latency_4_threads"),
+        "detect_4_threads_openvino_throughput_over_onnxruntime_sequential": per_s("openvino_throughput_4_threads",
+                                                                                  "onnxruntime_sequential"),
     }
     if quality:
-        ratios["int8_over_f32_4_threads"] = round(full["openvino_int8_4_threads"]["per_s"]
-                                                  / full["openvino_f32_4_threads"]["per_s"], 3)
-        ratios["int8_over_f32_sequential"] = round(full["openvino_int8_sequential"]["per_s"]
-                                                   / full["openvino_f32_sequential"]["per_s"], 3)
+        ratios["int8_over_f32_4_threads"] = per_s("openvino_int8_4_threads", "openvino_throughput_4_threads")
+        ratios["int8_over_f32_sequential"] = per_s("openvino_int8_sequential", "openvino_throughput_sequential")
         print("pose mAP50-95 on coco8-pose val (4 images; square input): "
               + ", ".join(f"{k} {v:.4f}" for k, v in quality.items()))
         print(f"pose mAP50-95 lost against best.pt: f32 {quality['best.pt'] - quality['openvino_f32']:+.4f}, "

@@ -64,6 +64,8 @@ def models(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")  # exports cached under home/onnx and home/openvino
     spec = load_skeleton(PERSON_SPEC)
     return SimpleNamespace(home=home, openvino=load_model("yolo11n-pose.pt", spec, "auto", IMGSZ, cache_dir=home / "onnx"),
+                           latency=load_model("yolo11n-pose.pt", spec, "auto", IMGSZ, cache_dir=home / "onnx",
+                                              performance="latency"),
                            onnx=PoseModel("yolo11n-pose.pt", spec, "onnx", IMGSZ, cache_dir=home / "onnx"))
 
 
@@ -91,6 +93,33 @@ def test_openvino_runs_in_f32_throughput_mode_and_answers_as_onnx_runtime(models
     with ThreadPoolExecutor(4) as pool:  # concurrent calls share the compiled model, each on its own request
         for got, want in zip(pool.map(models.openvino.detect, images * 2), expected * 2, strict=True):
             assert_same(got, want)
+
+
+def test_openvino_compiled_for_one_caller_runs_one_stream_and_answers_as_onnx_runtime(models):
+    info = models.latency.info()
+    assert (info["runtime"], info["openvino"]["inference_precision_hint"]) == ("openvino", "f32")
+    assert (info["openvino"]["performance_hint"], info["openvino"]["num_streams"]) == ("LATENCY", "1")
+    images = [cv2.imread(str(p)) for p in IMAGES]
+    for im in images:
+        assert_same(models.latency.detect(im), models.onnx.detect(im))
+    with ThreadPoolExecutor(2) as pool:  # still safe from several threads (they take turns on the one stream)
+        for got, im in zip(pool.map(models.latency.detect, images), images, strict=True):
+            assert_same(got, models.openvino.detect(im))
+
+
+def test_one_image_at_a_time_callers_load_the_latency_model_and_a_bad_hint_is_refused(models, monkeypatch):
+    from poseops import autolabel
+    from poseops.inference import ModelError, PoseModel
+
+    monkeypatch.setenv("POSEOPS_HOME", str(models.home))  # the exports made above, from their cache
+    monkeypatch.delenv("POSEOPS_RUNTIME", raising=False)
+    autolabel.local_model.cache_clear()
+    try:  # autolabel's model (the pipeline calls it one image at a time)
+        assert autolabel.local_model("yolo11n-pose.pt", str(PERSON_SPEC)).info()["openvino"]["performance_hint"] == "LATENCY"
+    finally:
+        autolabel.local_model.cache_clear()
+    with pytest.raises(ModelError, match="unknown performance hint 'fast': use one of latency, throughput"):
+        PoseModel("yolo11n-pose.pt", load_skeleton(PERSON_SPEC), "auto", IMGSZ, performance="fast")
 
 
 def test_metadata_names_the_runtime_and_precision(models, monkeypatch):

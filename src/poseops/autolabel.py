@@ -219,7 +219,8 @@ def local_model(weights: str, skeleton: Skeleton | str):
     from poseops.skeleton import load_skeleton
 
     spec = skeleton if isinstance(skeleton, Skeleton) else load_skeleton(skeleton)
-    return load_model(weights, spec)  # the best runtime for the CPU, or POSEOPS_RUNTIME
+    # the best runtime for the CPU (or POSEOPS_RUNTIME), compiled for one image at a time, as the pipeline calls it
+    return load_model(weights, spec, performance="latency")
 
 
 def detector(service_url: str | None, weights: str | None, skeleton: Skeleton | str,

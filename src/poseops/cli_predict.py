@@ -151,7 +151,7 @@ def predict(
     options = VideoOptions(None if tracker == "none" else tracker, smooth, conf_thres, iou_thres, start_frame, stride, max_frames)
     weights_file, skeleton_file, runtime = model_files(weights, skeleton, runtime, params)
     spec = load_skeleton(skeleton_file)
-    model = load_model(weights_file, spec, runtime, imgsz)
+    model = load_model(weights_file, spec, runtime, imgsz, performance="latency")  # one image (frame) at a time
     run = _Run(model, spec, options, out, csv_out, save_dir)
     try:
         run.all(sources)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from poseops.convert import file_sha256
 from poseops.errors import PoseopsError
 from poseops.runtimes import (
+    PERFORMANCE_HINTS,
     InferRequest,
     RuntimeChoiceError,
     choose_runtime,
@@ -135,10 +136,11 @@ def checked(weights: Path) -> Path:
 
 
 def load_model(weights: str | Path, skeleton: Skeleton, runtime: str | None = None, imgsz: int | None = None,
-               precision: str = "fp32", cache_dir: Path | None = None) -> PoseModel:
+               precision: str = "fp32", cache_dir: Path | None = None, performance: str = "throughput") -> PoseModel:
     """The model on the best runtime for this machine (`poseops.runtimes.choose_runtime`), as the service and
-    autolabel load it: `runtime` None means the POSEOPS_RUNTIME setting, else `auto` (OpenVINO on a CPU)."""
-    return PoseModel(weights, skeleton, runtime, imgsz, cache_dir, precision=precision)
+    autolabel load it: `runtime` None means the POSEOPS_RUNTIME setting, else `auto` (OpenVINO on a CPU).
+    `performance`: `throughput` for concurrent callers (the service), `latency` for one image at a time."""
+    return PoseModel(weights, skeleton, runtime, imgsz, cache_dir, precision=precision, performance=performance)
 
 
 def _content_sha256(path: Path) -> str:
@@ -154,8 +156,10 @@ class PoseModel:
     Loading warms the predictor up once and checks that the model's classes and keypoint
     count match the skeleton spec. `detect` is thread-safe. ONNX Runtime and PyTorch run one
     image at a time (Ultralytics' predictor keeps per-call state, and they use every core for
-    one image anyway); OpenVINO runs in throughput mode, one inference stream per core or two,
-    with a predictor per infer request, so concurrent calls run side by side.
+    one image anyway). OpenVINO is compiled for `performance`: `throughput` (the default, for
+    concurrent callers such as the service): one inference stream per core or two, with a
+    predictor per infer request, so concurrent calls run side by side; `latency` (for one image
+    at a time: `poseops predict`, autolabel): one stream on every core, as ONNX Runtime runs.
     """
 
     def __init__(
@@ -166,8 +170,11 @@ class PoseModel:
         imgsz: int | None = None,  # None: the model's own (`model_imgsz`)
         cache_dir: Path | None = None,
         precision: str = "fp32",
+        performance: str = "throughput",  # OpenVINO's hint: `latency` for one image at a time
     ) -> None:
-        self.skeleton = skeleton
+        if performance not in PERFORMANCE_HINTS:
+            raise ModelError(f"unknown performance hint {performance!r}: use one of {', '.join(PERFORMANCE_HINTS)}")
+        self.skeleton, self.performance = skeleton, performance
         self.weights = Path(resolve_weights(weights))
         if not self.weights.exists():
             raise ModelError(
@@ -191,7 +198,8 @@ class PoseModel:
             install_exact_openvino()
         self._predictors: queue.Queue = queue.Queue()
         self._ov_properties: dict[str, str] = {}
-        with openvino_compilation("THROUGHPUT") if self.runtime == "openvino" else contextlib.nullcontext():
+        openvino = self.runtime == "openvino"
+        with openvino_compilation(performance.upper()) if openvino else contextlib.nullcontext():
             first = self._new_predictor()
             backend = first.predictor.model
             self.model_names = [str(backend.names[i]) for i in sorted(backend.names)]
@@ -213,7 +221,7 @@ class PoseModel:
 
     def _start_pool(self, first: Any) -> None:
         """One predictor (ONNX Runtime, PyTorch), or, on OpenVINO, one per infer request of the model compiled once
-        in throughput mode (`poseops.runtimes.openvino_compilation`)."""
+        with its performance hint (`poseops.runtimes.openvino_compilation`), plus EXTRA_PREDICTORS."""
         if self.runtime != "openvino":
             self._predictors.put(first)
             self.concurrency = 1

@@ -12,6 +12,11 @@ otherwise compute in bfloat16 (keypoints off by pixels); every OpenVINO model po
 or for an export's accuracy check, is compiled with `INFERENCE_PRECISION_HINT: f32`
 (`ExactOpenVINOBackend`, registered with Ultralytics' AutoBackend), so its detections match ONNX
 Runtime's to ~1e-4 px.
+
+Performance hint: OpenVINO compiles a model for `latency` (one inference stream using every core: the fastest
+for one image at a time, as `poseops predict` and autolabel call it) or for `throughput` (several streams of a
+core or two each: the most images per second from concurrent callers, as the service gets them, but one image
+alone runs on one stream's cores). Both compute the same f32 numbers.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ PRECISION_ENV = "POSEOPS_PRECISION"
 VERSION_FILES = {"openvino": "best_openvino_model", "openvino-int8": "best_int8_openvino_model", "onnx": "model.onnx",
                  "torch": "best.pt"}
 EXACT = {"INFERENCE_PRECISION_HINT": "f32"}  # never bfloat16, whatever the CPU offers
+# OpenVINO's performance hint, by who calls the model: `latency` (one stream on every core) for one image at a
+# time (`poseops predict`, autolabel), `throughput` (a stream per core or two) for concurrent callers (the service)
+PERFORMANCE_HINTS = ("latency", "throughput")
 
 
 class RuntimeChoiceError(PoseopsError, ValueError):

@@ -248,3 +248,38 @@ def test_autolabel_orders_the_queue_by_the_chosen_score(prefect_api, workspace, 
     for image in images:
         (prediction,) = [p for p in tasks[image.file_name]["predictions"] if p["model_version"] == summary["model_version"]]
         assert prediction["score"] == pytest.approx(flip_score(model, cv2.imread(str(image.path))), abs=1e-3)
+
+
+@pytest.mark.integration
+def test_autolabel_moves_a_burst_of_near_identical_pictures_back_in_the_queue(prefect_api, workspace, label_studio,
+                                                                              model, tmp_path):
+    """Twelve shots of the photo the model is least sure of, and seven other photos: with a quota of 2, Label
+    Studio's queue (lowest score first) shows two of the burst, then every other photo, then the burst again."""
+    from poseops.datasets import create_dataset, upload_images
+    from poseops.flows.autolabel import autolabel
+    from poseops.labelstudio import LabelStudioClient
+
+    photos = sorted((SHARED / "datasets" / "coco8-pose" / "images").rglob("*.jpg"))
+    confidence = {p: scores.confidence(model.detect(cv2.imread(str(p)), 0.25, 0.45)) for p in photos}
+    source = min(photos, key=confidence.get)
+    burst = []
+    for seed in range(12):
+        burst.append(tmp_path / f"burst{seed:02d}.png")
+        cv2.imwrite(str(burst[-1]), jittered(cv2.imread(str(source)), seed))
+    others = [p for p in photos if p != source]
+    (workspace / "params.yaml").write_text("autolabel:\n  diversity_quota: 2\n")
+    name = f"quota-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    with LabelStudioClient(label_studio) as client:
+        create_dataset(client, label_studio, name, PERSON_SPEC)
+        upload_images(client, label_studio, name, burst + others)
+    summary = autolabel(dataset=name, weights=str(SHARED / "weights" / "yolo11n-pose.pt"))
+    assert summary["predicted"] == 19 and summary["diversity_quota"] == 2 and summary["moved_back"] == 10, summary
+    with LabelStudioClient(label_studio) as client:
+        written = {t["data"]["source"]: p["score"] for t in client.iter_tasks(client.find_project(name).id)
+                   for p in t["predictions"] if p["model_version"] == summary["model_version"]}
+    measured = {source: score % 1 for source, score in written.items()}  # the tier comes off: the score measured
+    in_burst = {p.name for p in burst}
+    assert max(measured[b] for b in in_burst) < min(measured[p.name] for p in others), measured  # all first, unquota'd
+    queue = sorted(written, key=written.get)
+    assert sum(s in in_burst for s in queue[:9]) == 2 and {p.name for p in others} <= set(queue[:9]), queue
+    assert all(s in in_burst for s in queue[9:]), queue

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+
+from poseops.devservers import free_port
 
 ACCESS_KEY = "poseops-tests"
 SECRET_KEY = "poseops-tests-secret"  # moto accepts any; only its being passed along is tested

@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from conftest import ROOT, assert_listens_on_loopback_only, free_port
+from conftest import ROOT, assert_listens_on_loopback_only, files_containing, free_port
 from pg_server import postgres_url, server_settings  # noqa: F401 - postgres_url is the fixture
 
 from poseops import labelstudio_server, postgres, stack
@@ -57,6 +57,7 @@ def test_label_studio_keeps_its_projects_in_postgresql(label_studio_on_postgres,
     assert answer.status_code == 201, answer.text
     assert rows(postgres_url, "labelstudio", "SELECT title FROM project") == [(title,)]
     assert not list(settings.label_studio_dir.rglob("*.sqlite3")), "Label Studio made a SQLite database as well"
+    assert files_containing(settings.home, [postgres.parse_database_url(postgres_url).password]) == []
 
 
 def test_label_studio_finds_its_database_again_after_a_restart(label_studio_on_postgres, postgres_url):  # noqa: F811
@@ -104,6 +105,7 @@ def test_mlflow_server_logs_a_run_into_postgresql(postgres_url, tmp_path, monkey
         assert not list(home.rglob("*.db")), "a SQLite store beside the server"
     finally:
         server.down()
+    assert files_containing(home, [postgres.parse_database_url(postgres_url).password]) == []
 
 
 def test_prefect_server_runs_a_flow_into_postgresql(postgres_url, tmp_path):  # noqa: F811
@@ -132,6 +134,7 @@ def test_prefect_server_runs_a_flow_into_postgresql(postgres_url, tmp_path):  # 
         assert not list((tmp_path / "home").rglob("*.db")), "a SQLite database beside the server"
     finally:
         server.down()
+    assert files_containing(tmp_path / "home", [postgres.parse_database_url(postgres_url).password]) == []
 
 
 def test_stack_up_status_down_on_the_server_profile(label_studio_on_postgres, postgres_url, tmp_path):  # noqa: F811
@@ -163,3 +166,4 @@ def test_stack_up_status_down_on_the_server_profile(label_studio_on_postgres, po
         down = run("down", "--profile", "server", timeout=180)
     assert down.returncode == 0 and "Label Studio" in down.stdout and "PostgreSQL" not in down.stdout, down.stdout
     assert postgres.status(server_settings(postgres_url, tmp_path / "home")).running, "stopped a cluster not its own"
+    assert files_containing(tmp_path / "home", [postgres.parse_database_url(postgres_url).password]) == []

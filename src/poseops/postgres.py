@@ -3,7 +3,7 @@
 One setting says where it is: `POSEOPS_DATABASE_URL=postgresql://USER:PASSWORD@HOST:PORT` (a secret; no
 database name: each part gets its own).
 
-- HOST on this machine (127.0.0.1, localhost, ::1): poseops runs the cluster itself, with its state in
+- HOST on this machine (127.0.0.1 or localhost): poseops runs the cluster itself, with its state in
   `<home>/postgres` (`poseops postgres up`, or `poseops stack up --profile server`). The first `up` runs
   `initdb` into `<home>/postgres/data` with USER as its superuser and PASSWORD as that user's password;
   every start listens on 127.0.0.1:PORT only, with no Unix socket, and `pg_hba.conf` lets in password
@@ -39,10 +39,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 from poseops.errors import PoseopsError
 from poseops.processes import ManagedServer, ServerStatus, alive, signal_group
-from poseops.settings import ENV_FILE, Settings, load_settings, secure_home
+from poseops.settings import ENV_FILE, Settings, load_settings, remember_secret, secure_home
 
 PARTS = {"labelstudio": "postgresql", "mlflow": "postgresql+psycopg", "prefect": "postgresql+asyncpg"}  # its driver
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")  # a local cluster listens on 127.0.0.1 (IPv4 only)
 DEFAULT_PORT = 5432
 DEFAULT_USER = "poseops"
 DEBIAN_BIN_ROOT = Path("/usr/lib/postgresql")  # Debian keeps initdb and postgres off PATH, in N/bin
@@ -93,6 +93,7 @@ def parse_database_url(url: str) -> DatabaseServer:
     if parts.path not in ("", "/") or parts.query:
         raise PostgresError(f"POSEOPS_DATABASE_URL names a database or options ({parts.path}{parts.query and '?'}"
                             f"{parts.query}): leave them out, poseops makes a database for each part; {form}")
+    remember_secret(unquote(parts.password))  # out of every message, as written and as sent
     return DatabaseServer(unquote(parts.username), unquote(parts.password), parts.hostname, port)
 
 

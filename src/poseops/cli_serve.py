@@ -49,20 +49,23 @@ def serve(
     service_dir: Annotated[Path | None, typer.Option(help="folder holding service.py (default: ./bentos)")] = None,
 ) -> None:
     """Serve the model over HTTP with `bentoml serve`: POST /detect, playground at /, docs at /docs."""
+    from dataclasses import replace
+
     from poseops.detector import Detector, ServiceConfig
     from poseops.settings import load_settings
     from poseops.weights import resolve_weights
 
     resolved = resolve_weights(weights)
-    config = ServiceConfig(
-        weights=str(Path(resolved).resolve()) if Path(resolved).is_file() else weights,
-        skeleton=skeleton,
-        runtime=runtime,
-        imgsz=imgsz,
-        api_keys=api_keys,
-        lineage=lineage,
-    )
     try:
+        config = replace(  # the options over the environment's settings (limits such as POSEOPS_MAX_VIDEO_BYTES)
+            ServiceConfig.from_env(),
+            weights=str(Path(resolved).resolve()) if Path(resolved).is_file() else weights,
+            skeleton=skeleton,
+            runtime=runtime,
+            imgsz=imgsz,
+            api_keys=api_keys,
+            lineage=lineage,
+        )
         Detector(config)  # checks paths, spec, keys and lineage now, before the server starts
     except (ValueError, RuntimeError) as e:
         raise PoseopsError(str(e)) from None

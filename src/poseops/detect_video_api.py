@@ -45,6 +45,7 @@ from poseops.video_predict import (
     VideoFrame,
     VideoOptions,
     VideoSummary,
+    planned_frames,
     predict_video,
 )
 
@@ -155,12 +156,17 @@ def check_container(head: bytes) -> None:
                        "send a video file; for one image use POST /detect")
 
 
-def probe_video(path: Path) -> VideoInfo:
-    """The video's frame size, rate and declared length; 400 `corrupt_video` when OpenCV cannot decode its first frame."""
+def probe_video(path: Path, max_pixels: int) -> VideoInfo:
+    """The video's frame size, rate and declared length; 400 `corrupt_video` when OpenCV cannot decode its first frame,
+    413 `frame_too_large` when the container declares frames over `max_pixels` (checked before decoding one)."""
     import cv2
 
     capture = cv2.VideoCapture(str(path))
     try:
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width * height > max_pixels:
+            raise ApiError(413, "frame_too_large", f"the video's frames are {width} x {height} = {width * height:,} pixels, over this "
+                           f"server's limit of {max_pixels:,}: scale it down (ffmpeg -i in.mp4 -vf scale=1280:-2 out.mp4)")
         ok, frame = capture.read() if capture.isOpened() else (False, None)
         if not ok:
             raise ApiError(400, "corrupt_video", "the video cannot be decoded (damaged, or cut short: an MP4 keeps its index at the "
@@ -178,17 +184,12 @@ class VideoLimits:
     deadline: float  # time.monotonic() by which the run must stop
 
 
-def _planned(info: VideoInfo, options: VideoOptions, limits: VideoLimits) -> None:
-    """Refuse a run that the declared frame count or the frame size already puts over the limits."""
-    pixels = info.width * info.height
-    if pixels > limits.max_pixels:
-        raise ApiError(413, "frame_too_large", f"the video's frames are {info.width} x {info.height} = {pixels:,} pixels, over this "
-                       f"server's limit of {limits.max_pixels:,}: scale it down (ffmpeg -i in.mp4 -vf scale=1280:-2 out.mp4)")
+def _check_planned(path: Path, info: VideoInfo, options: VideoOptions, limits: VideoLimits) -> None:
+    """Refuse a run that the declared frame count already puts past the video's end or over the frame limit."""
     if info.frame_count and options.start >= info.frame_count:
         raise ApiError(400, "invalid_video_options", f"start_frame {options.start} is past the video's end ({info.frame_count} frames): "
                        f"send a start_frame below {info.frame_count}")
-    planned = -(-max(info.frame_count - options.start, 0) // options.stride)
-    planned = min(planned, options.max_frames) if options.max_frames else planned
+    planned = planned_frames(path, options)
     if planned > limits.max_frames:
         raise ApiError(413, "video_too_long", f"the request asks for {planned:,} frames, over this server's limit of "
                        f"{limits.max_frames:,} per request: send max_frames (at most {limits.max_frames}), a larger stride, or a shorter clip")
@@ -196,8 +197,8 @@ def _planned(info: VideoInfo, options: VideoOptions, limits: VideoLimits) -> Non
 
 def run_video(model: Any, path: Path, options: VideoOptions, limits: VideoLimits, budget: PixelBudget) -> VideoAnswer:
     """`predict_video` over the uploaded file within `limits` (runs in a worker thread)."""
-    info = probe_video(path)
-    _planned(info, options, limits)
+    info = probe_video(path, limits.max_pixels)
+    _check_planned(path, info, options, limits)
     frames: list[VideoFrame] = []
 
     def keep(frame: VideoFrame, _image: Any) -> None:

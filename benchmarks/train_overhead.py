@@ -7,7 +7,8 @@ images/ and labels/ with train/ and val/), then times, each in a fresh process:
 
   direct     YOLO(weights).train(...) with the very arguments the train stage passes
   pipeline   `dvc exp run -S train.epochs=… -S train.imgsz=…` (what `poseops train -S …` runs): prepare →
-             train → evaluate → export, MLflow logging (SQLite store), the exports and model registration
+             train → evaluate (which goes on to export in the same process), MLflow logging (SQLite store),
+             the checked exports and model registration
 
 The two sides take turns (direct, pipeline, then pipeline, direct, ...) `--repeat` times, each
 time in a fresh project and MLflow store made outside the timing, so that the machine's other load
@@ -16,7 +17,8 @@ DVC's start-up (to its first stage), each stage's command (from DVC's `Running s
 command's last line), DVC's own work after each command (hashing and caching the outputs, the lock
 file) and its end. The per-epoch time is Ultralytics' own (results.csv's `time` after the last epoch,
 over the epochs) on both sides. Prints every run's times, the medians, the pipeline's fixed cost
-(pipeline minus direct) and the per-epoch ratio, pipeline / direct.
+(pipeline minus direct) and the per-epoch ratio, pipeline / direct, and the load average before and after:
+on a shared machine the seconds grow with the load, so compare runs made at a similar load.
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ def main() -> None:
     prepare()
 
     work = Path(tempfile.mkdtemp(prefix="poseops-bench-"))
+    load_before = os.getloadavg()[0]
     sides = Sides(args, work)
     try:
         seconds = interleaved({"direct": sides.direct, "pipeline": sides.pipeline}, args.repeat)
@@ -198,6 +201,7 @@ def main() -> None:
     print(f"per epoch (Ultralytics' own): direct {epoch['direct']:.2f} s, pipeline {epoch['pipeline']:.2f} s, "
           f"ratio {epoch['pipeline'] / epoch['direct']:.3f}")
     print(f"ratio full pipeline / direct: {pipeline:.1f} s / {direct:.1f} s = {pipeline / direct:.2f}")
+    print(f"load average (1 min) before {load_before:.1f}, after {os.getloadavg()[0]:.1f}, on {os.cpu_count()} CPUs")
     if args.keep:
         print(f"work folder: {work}")
 

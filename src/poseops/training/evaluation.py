@@ -12,6 +12,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -58,14 +59,15 @@ class Evaluation:
     keypoints: KeypointReport | None = None  # per-keypoint metrics and per-image OKS
 
 
-def validate(weights: Path, data_yaml: Path, params: Params, save_dir: Path, plots: bool = False,
+def validate(weights: Path | Any, data_yaml: Path, params: Params, save_dir: Path, plots: bool = False,
              rect: bool = True) -> dict[str, float]:
     """Pose and box metrics of `weights` on `evaluate.split` of `data_yaml` (fitness as Ultralytics computes it);
-    `rect=False`: a .pt letterboxed to the square input, as its fixed-size exports are (their accuracy check)."""
+    `rect=False`: a .pt letterboxed to the square input, as its fixed-size exports are (their accuracy check).
+    `weights`: a model file, or an Ultralytics `YOLO` already loaded from one (not loaded again)."""
     return validate_poses(weights, data_yaml, params, save_dir, plots, rect)[0]
 
 
-def validate_poses(weights: Path, data_yaml: Path, params: Params, save_dir: Path,
+def validate_poses(weights: Path | Any, data_yaml: Path, params: Params, save_dir: Path,
                    plots: bool = False, rect: bool = True) -> tuple[dict[str, float], list[ImagePoses]]:
     """`validate`, also returning every image's labels and predictions (one Ultralytics pass; images named
     by their path inside the dataset)."""
@@ -76,11 +78,15 @@ def validate_poses(weights: Path, data_yaml: Path, params: Params, save_dir: Pat
         shutil.rmtree(save_dir)
     e = params.evaluate
     captured: list[list[ImagePoses]] = []
-    model = YOLO(str(weights))
-    model.add_callback("on_val_end", lambda validator: captured.append(validator.poses))
-    result = model.val(data=str(data_yaml), split=e.split, imgsz=params.train.imgsz, batch=e.batch, conf=e.conf,
-                       iou=e.iou, device=params.device, plots=plots, workers=0, project=str(save_dir.parent),
-                       name=save_dir.name, exist_ok=True, verbose=False, rect=rect, validator=capturing_validator())
+    model = YOLO(str(weights)) if isinstance(weights, str | Path) else weights
+    keep = lambda validator: captured.append(validator.poses)  # noqa: E731
+    model.add_callback("on_val_end", keep)
+    try:
+        result = model.val(data=str(data_yaml), split=e.split, imgsz=params.train.imgsz, batch=e.batch, conf=e.conf,
+                           iou=e.iou, device=params.device, plots=plots, workers=0, project=str(save_dir.parent),
+                           name=save_dir.name, exist_ok=True, verbose=False, rect=rect, validator=capturing_validator())
+    finally:
+        model.callbacks["on_val_end"].remove(keep)
     poses = relative_images(captured[-1], dataset_dir(data_yaml))
     metrics = {metric_name(k): float(v) for k, v in result.results_dict.items() if k != "fitness"}
     return {"fitness": float(result.fitness), **{k: v for k, v in metrics.items() if k}}, poses

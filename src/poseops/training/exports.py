@@ -19,6 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from poseops.params import Params
 from poseops.runtimes import VERSION_FILES, install_exact_openvino
@@ -60,11 +61,9 @@ class ExportCheck:
             "too coarse: check it, or raise export.tolerance / export.int8_tolerance if this loss is acceptable"
 
 
-def write_exports(params: Params, lay: Layout, best: Path, data_yaml: Path) -> dict[str, tuple[Path, str]]:
-    """Export `best` (in the model folder) to every format asked for: name → (path in the model folder, precision)."""
-    configure_ultralytics()
-    from ultralytics import YOLO
-
+def write_exports(params: Params, lay: Layout, model: Any, data_yaml: Path) -> dict[str, tuple[Path, str]]:
+    """Export `model` (an Ultralytics `YOLO` loaded from best.pt in the model folder; each export works on a copy of
+    its network) to every format asked for: name → (path in the model folder, precision)."""
     x = params.export
     common = {"imgsz": params.train.imgsz, "device": params.device, "verbose": False}
     precision = "fp16" if x.half else "fp32"
@@ -72,7 +71,6 @@ def write_exports(params: Params, lay: Layout, best: Path, data_yaml: Path) -> d
     out: dict[str, tuple[Path, str]] = {}
     if "engine" in x.formats and params.device in ("cpu", "mps"):
         raise TrainingError("export.formats: engine (TensorRT) needs an NVIDIA GPU: set device: 0, or leave engine out")
-    model = YOLO(str(best))  # loaded once: each export works on its own copy of the network
     for fmt in x.formats:
         extra = {"opset": x.opset, "simplify": x.simplify, "dynamic": x.dynamic} if fmt == "onnx" else {}
         made = Path(model.export(format=fmt, **common, **quantize, **extra))
@@ -116,10 +114,14 @@ def export_checked(params: Params, lay: Layout, best: Path, mlc, run_id: str) ->
 
     The reference is best.pt measured as its exports are (square input, `rect=False`), so that a difference is the
     export's own. Returns the checks of the exports that passed; raises TrainingError when the ONNX export fails."""
+    configure_ultralytics()
+    from ultralytics import YOLO
+
+    model = YOLO(str(best))  # loaded once: the exports are made from copies of it, then it is the reference
     with tempfile.TemporaryDirectory(prefix="poseops-export-") as tmp:
         data_yaml = resolved_data_yaml(lay.prepared / "data.yaml", Path(tmp) / "data.yaml")
-        exports = write_exports(params, lay, best, data_yaml)
-        reference = validate(best, data_yaml, params, Path(tmp) / "val-best", rect=False).get(CHECKED_METRIC, 0.0)
+        exports = write_exports(params, lay, model, data_yaml)
+        reference = validate(model, data_yaml, params, Path(tmp) / "val-best", rect=False).get(CHECKED_METRIC, 0.0)
         checks = [check_export(name, path, precision, data_yaml, params, reference, Path(tmp) / f"val-{name}")
                   for name, (path, precision) in exports.items()]
     log_metrics(mlc, run_id, {f"export/best.pt/{CHECKED_METRIC}": reference,

@@ -36,7 +36,7 @@ from poseops.training.layout import Layout, TrainingError, read_state, resolved_
 from poseops.training.recipe import choose_recipe
 from poseops.training.resume import drop_epochs_after, fail_orphaned_runs, fingerprint, resume_point, settle_dead_run
 from poseops.training.yolo import configure_ultralytics, ultralytics_train_args
-from poseops.weights import check_checkpoint
+from poseops.weights import load_checkpoint
 
 
 @dataclass
@@ -123,8 +123,9 @@ def _fresh(mlc, ctx: _Context) -> _Start:
     init = resolve_init_weights(params, mlc, load_settings().home / "cache" / "init")
     run_name = params.mlflow.run_name or (f"{params.dataset.name}-{Path(init.path).stem}-"
                                           f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
-    check_checkpoint(init.path)  # weights only: initial weights that would run code are refused
-    recipe = choose_recipe(params, init.path, ctx.lay.prepared / "data.yaml")
+    # weights only: initial weights that would run code are refused (loaded once, for the recipe too)
+    checkpoint = load_checkpoint(init.path) if Path(init.path).suffix.lower() == ".pt" else None
+    recipe = choose_recipe(params, init.path, ctx.lay.prepared / "data.yaml", checkpoint)
     print(f"recipe: {recipe.name}: {recipe.reason}", file=sys.stderr, flush=True)
     if recipe.warning:
         print(f"WARNING: {recipe.warning}", file=sys.stderr, flush=True)

@@ -45,13 +45,14 @@ class Recipe:
                 **({"poseops.recipe_warning": self.warning} if self.warning else {})}
 
 
-def weights_head(weights: str) -> Head:
-    """The keypoint head of a `.pt` checkpoint; Head(None, None) for an architecture (`.yaml`: no trained head)."""
+def weights_head(weights: str, checkpoint: dict[str, Any] | None = None) -> Head:
+    """The keypoint head of a `.pt` checkpoint (`checkpoint`: its contents, already loaded by
+    `poseops.weights.load_checkpoint`); Head(None, None) for an architecture (`.yaml`: no trained head)."""
     from poseops.weights import load_checkpoint
 
-    if not weights.endswith(".pt") or not Path(weights).is_file():
+    if checkpoint is None and (not weights.endswith(".pt") or not Path(weights).is_file()):
         return Head(None, None)
-    ckpt = load_checkpoint(weights)
+    ckpt = checkpoint if checkpoint is not None else load_checkpoint(weights)
     model = ckpt.get("ema") or ckpt.get("model")
     shape = getattr(model, "kpt_shape", None) or (getattr(model, "yaml", None) or {}).get("kpt_shape")
     count = int(shape[0]) if shape else None
@@ -66,12 +67,13 @@ def weights_head(weights: str) -> Head:
     return Head(count, list(names) if names else None)
 
 
-def choose_recipe(params: Params, weights: str, data_yaml: Path) -> Recipe:
-    """The recipe of a new training from `weights` on the prepared dataset `data_yaml`."""
+def choose_recipe(params: Params, weights: str, data_yaml: Path, checkpoint: dict[str, Any] | None = None) -> Recipe:
+    """The recipe of a new training from `weights` on the prepared dataset `data_yaml` (`checkpoint`: the
+    weights' contents when the caller loaded them already)."""
     data = yaml.safe_load(data_yaml.read_text(encoding="utf-8"))
     count = int(data["kpt_shape"][0])
     names = list((data.get("kpt_names") or {}).get(0) or [])
-    head = weights_head(weights)
+    head = weights_head(weights, checkpoint)
     if head.count is None:
         why = f"{Path(weights).name} has no trained keypoint head (an architecture: training from scratch)"
     elif head.count != count:

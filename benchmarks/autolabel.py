@@ -3,7 +3,9 @@
     python -m benchmarks.autolabel [--sizes 16 80 1000] [--repeat 2] [--label-studio-url URL --token TOKEN]
 
 raw: the model's own detect over the project's images in this process, one after the other, on
-images decoded beforehand (model loaded and warmed up first; its load time is printed on its own).
+images decoded beforehand: the very model object the flow runs (`autolabel.local_model`: the runtime
+autolabel picks, compiled for one image at a time), loaded and warmed up first (its load time is printed
+on its own).
 autolabel: the Prefect flow with the model in-process (`poseops autolabel NAME --weights ...`):
 find the tasks, fetch their images, decode, detect, write the predictions (one request a batch),
 the artifact; timed whole, start-up included. One Label Studio project per size. The images are
@@ -93,13 +95,12 @@ def main() -> None:
     with label_studio(args, work) as settings:
         import cv2
 
+        from poseops.autolabel import local_model
         from poseops.datasets import create_dataset, upload_images
-        from poseops.inference import load_model
         from poseops.labelstudio import LabelStudioClient
-        from poseops.skeleton import load_skeleton
 
         started = time.perf_counter()
-        model = load_model("yolo11n-pose.pt", load_skeleton(PERSON_SPEC))  # as autolabel loads it (POSEOPS_RUNTIME)
+        model = local_model("yolo11n-pose.pt", str(PERSON_SPEC.resolve()))  # the flow's own (its dataset's spec)
         load_s = time.perf_counter() - started
         decoded = [cv2.imread(str(p)) for p in images]
         model.detect(decoded[0])  # warm
@@ -115,6 +116,7 @@ def main() -> None:
 
         os.chdir(work)
         rows = []
+        load = os.getloadavg()[0]
         with prefect_test_harness(server_startup_timeout=180):
             for size in args.sizes:
                 flow = flow_side(names[size], size)
@@ -125,7 +127,8 @@ def main() -> None:
                       flush=True)
 
     print(RESULTS)
-    print(f"yolo11n-pose, runtime {model.runtime}, {os.cpu_count()} CPUs; {len(images)} images "
+    print(f"yolo11n-pose, runtime {model.runtime} {model.info().get('openvino', {}).get('performance_hint', '')}, "
+          f"{os.cpu_count()} CPUs; {len(images)} images "
           f"(uploaded in {upload_s:.0f} s); median of {args.repeat}, raw and autolabel in turn; "
           f"model load {load_s:.2f} s, not counted")
     print(f"{'tasks':>6} {'raw img/s':>10} {'autolabel img/s':>16} {'ratio':>6} {'first run img/s':>16}")
@@ -134,7 +137,8 @@ def main() -> None:
         print(f"{size:>6} {raw:>10.2f} {flow:>16.2f} {flow / raw:>6.2f} {size / first:>16.2f}")
     size, _, seconds = rows[-1]
     ratio = statistics.median(seconds["raw"]) / statistics.median(seconds["autolabel"])
-    print(f"ratio autolabel/raw at {size} tasks (whole runs, start-up included): {ratio:.2f}")
+    print(f"ratio autolabel/raw at {size} tasks (whole runs, start-up included): {ratio:.2f}   "
+          f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

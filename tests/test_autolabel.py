@@ -209,11 +209,20 @@ def test_the_pipeline_labels_every_batch_and_reports_each_failure_where_it_happe
         model, report, done = Model(), AutolabelReport("v1"), []
         run_pipeline(batches, lambda b: pool.submit(lambda: {t["id"]: paths[t["id"]] for t in b}),
                      lambda p: pool.submit(write, p), model, SKELETON, AutolabelOptions(), report,
-                     on_batch=lambda i, n, k: done.append((i, n, k)))
+                     on_batch=lambda i, n, k: done.append((i, n, k)), write_at_least=1)  # a write per batch
         assert sorted(written) == [[1, 2], [6, 7]] and set(report.predicted) == {1, 2, 6, 7}
         assert "cannot identify image file" in report.failed[3]
         assert "writing the prediction failed" in report.failed[4] and set(report.failed) == {3, 4, 5}
         assert done == [(1, 3, 2), (2, 3, 2), (3, 3, 2)] and len(model.seen) == 6
+
+        # writes of at least 3 predictions: batches 1 and 2 in one request, the last batch's rest in another
+        written.clear()
+        report, done = AutolabelReport("v1"), []
+        run_pipeline(batches, lambda b: pool.submit(lambda: {t["id"]: paths[t["id"]] for t in b}),
+                     lambda p: pool.submit(write, p), Model(), SKELETON, AutolabelOptions(), report,
+                     on_batch=lambda i, n, k: done.append((i, n, k)), write_at_least=3)
+        assert written == [[6, 7]] and set(report.predicted) == {6, 7} and set(report.failed) == {1, 2, 3, 4, 5}
+        assert "writing the prediction failed" in report.failed[1] and done == [(1, 3, 2), (2, 3, 2), (3, 3, 2)]
 
         def fetch(batch):
             if batch[0]["id"] == 4:
@@ -223,4 +232,4 @@ def test_the_pipeline_labels_every_batch_and_reports_each_failure_where_it_happe
         report = AutolabelReport("v1")
         with pytest.raises(ConnectionError, match="does not answer"):
             run_pipeline(batches, fetch, lambda p: pool.submit(write, p), Model(), SKELETON, AutolabelOptions(), report)
-        assert set(report.predicted) == {1, 2}  # the batch written before the failure counts
+        assert set(report.predicted) == {1, 2}  # predicted before the failure: written still, and counted

@@ -2,13 +2,15 @@
 
     fetch (a batch at a time, `ahead` batches in flight) → load (one thread: read, check, decode)
         → bounded queue → detect (the caller's thread: the one model of this process)
-        → write (a batch at a time, at most `ahead` in flight)
+        → write (WRITE_AT_LEAST predictions or more at a time, at most `ahead` writes in flight)
 
 The fetch and the write are given as functions that return futures (the autolabel flow submits its
 Prefect tasks, with their retries), so this module knows nothing of Prefect. Only the model's
 thread waits on the model: fetching the next batches, decoding their images and writing the last
 ones happen meanwhile, so a run's steady state is bound by inference. The queue between the
-loader and the model holds at most two batches of decoded images.
+loader and the model holds at most two batches of decoded images. Label Studio spends a fixed tens of
+milliseconds of CPU on every write request (besides about a millisecond a prediction), CPU the model
+shares on a small machine, so predictions are written many batches at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from poseops.neighbour_frames import neighbours_of
 from poseops.skeleton import Skeleton
 
 Predicted = tuple[dict, list[dict], float]  # task, result regions, score
+WRITE_AT_LEAST = 128  # predictions in one write request (the last one of a run: what is left)
 
 
 class PipelineModel:
@@ -106,10 +109,12 @@ def run_pipeline(
     report: AutolabelReport,
     ahead: int = 2,
     on_batch: Callable[[int, int, int], None] | None = None,  # (batches done, batches, predicted in this one)
+    write_at_least: int = WRITE_AT_LEAST,
 ) -> PipelineTimes:
     """Label every batch; per-task failures (image, decode, detect, write) go into `report`, the rest goes on.
 
-    A fetch that fails after its retries stops the run with its error, as a failed batch task did.
+    A fetch that fails after its retries stops the run with its error, as a failed batch task did (the
+    predictions made before it are written).
     """
     fetches: queue.Queue = queue.Queue()
     loaded: queue.Queue = queue.Queue(maxsize=2 * max(len(b) for b in batches) + 2) if batches else queue.Queue()
@@ -167,8 +172,8 @@ def run_pipeline(
     times = PipelineTimes()
     started = time.perf_counter()
     try:
-        predicted: list[Predicted] = []
-        done = 0
+        predicted: list[Predicted] = []  # not written yet
+        in_batch = done = 0
         while done < len(batches):
             waited = time.perf_counter()
             item = _next(loaded, thread)
@@ -178,11 +183,12 @@ def run_pipeline(
                     raise item.error
                 done += 1
                 submit_fetch()
-                if predicted:
+                if predicted and (len(predicted) >= write_at_least or done == len(batches)):
                     writes.append((predicted, write(predicted)))
+                    predicted = []
                 if on_batch:
-                    on_batch(done, len(batches), len(predicted))
-                predicted = []
+                    on_batch(done, len(batches), in_batch)
+                in_batch = 0
                 waited = time.perf_counter()
                 while len(writes) > ahead:
                     _collect(writes.popleft(), report)
@@ -198,6 +204,7 @@ def run_pipeline(
                                                                 options.video_dirs, model.detect))
                     keep_thumbnail(report, item.task["id"], image, options)
                     predicted.append((item.task, result, score))
+                    in_batch += 1
                     continue
                 except Exception as e:  # noqa: BLE001 - reported per task, like a bad image
                     item.error = f"{type(e).__name__}: {e}"
@@ -205,6 +212,8 @@ def run_pipeline(
     finally:
         stop.set()
         thread.join(timeout=5)
+        if predicted:  # stopped by a failed fetch: what was predicted before it is written still
+            writes.append((predicted, write(predicted)))
         waited = time.perf_counter()
         while writes:
             _collect(writes.popleft(), report)

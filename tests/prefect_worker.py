@@ -164,6 +164,6 @@ def flow_run_logs(server: PrefectServer, run_id) -> str:
     from prefect.client.schemas.sorting import LogSort
 
     with use_prefect_server(server), get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200,
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200, offset=0,
                                 sort=LogSort.TIMESTAMP_ASC)
     return "\n".join(log.message for log in logs)

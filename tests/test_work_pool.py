@@ -21,8 +21,36 @@ from test_pull import dvc, git, make_project
 from poseops.coco import read_yolo_pose
 from poseops.locks import resource_name
 
-pytestmark = pytest.mark.integration
+integration = pytest.mark.integration
 COCO8 = SHARED_DATASETS / "coco8-pose"
+
+
+def test_each_run_reads_the_project_env_below_the_workers_environment(tmp_path, monkeypatch):
+    from poseops.flows.pool import use_project_settings
+
+    monkeypatch.chdir(tmp_path)  # where set_working_directory left the run: the project
+    (tmp_path / ".env").write_text("POSEOPS_HOME=/srv/poseops\nMLFLOW_TRACKING_URI=sqlite:///project.db\n"
+                                   "LABEL_STUDIO_PASSWORD=never-in-the-environment\n")
+    for key in ("POSEOPS_HOME", "LABEL_STUDIO_PASSWORD"):
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///worker.db")
+    assert use_project_settings() == {"settings_file": str(tmp_path / ".env")}
+    assert os.environ["POSEOPS_HOME"] == "/srv/poseops"  # from the project's .env
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///worker.db"  # the worker's own environment wins
+    assert "LABEL_STUDIO_PASSWORD" not in os.environ  # secrets stay in the file, read where used
+
+
+def test_the_deployments_code_source_is_the_project_folder_or_a_git_url(tmp_path):
+    from poseops.flows.pool import SETTINGS_STEP, PoolError, project_source
+
+    with pytest.raises(PoolError, match="is not a poseops project .*--source"):
+        project_source(tmp_path)
+    (tmp_path / "params.yaml").write_text("")
+    steps = project_source(tmp_path).to_pull_step()
+    assert steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(tmp_path)}}, SETTINGS_STEP]
+    cloned = project_source("https://git.example.org/team/poses.git").to_pull_step()
+    assert "prefect.deployments.steps.git_clone" in cloned[0] and cloned[1] == SETTINGS_STEP
 
 
 def deploy_flows(workspace: Path, server, *args: str) -> str:
@@ -52,6 +80,7 @@ def coco8_project(label_studio) -> str:
     return make_project(label_studio, images)
 
 
+@integration
 def test_deploy_flows_puts_every_flow_on_the_pool_and_a_worker_runs_them(prefect_server, workspace, label_studio):  # noqa: F811
     from prefect import get_client
 
@@ -107,6 +136,7 @@ def held_exports(log: RequestLog) -> tuple[list[str], threading.Event]:
     return held, release
 
 
+@integration
 def test_two_workers_pull_one_dataset_at_the_same_moment_one_refused_never_mixed(prefect_server, workspace,  # noqa: F811
                                                                                   label_studio):
     name = coco8_project(label_studio)
@@ -133,7 +163,9 @@ def test_two_workers_pull_one_dataset_at_the_same_moment_one_refused_never_mixed
     assert states == ["COMPLETED", "FAILED"], f"{states}\n{logs}\n{worker_logs[-5000:]}"
     assert refused.state.is_failed()
     assert f"another pull of '{name}' is running (pid " in logs[refused.id] and "flow run" in logs[refused.id]
-    assert [sum(str(r.id) in text for r in runs) for text in (one_log, two_log)] == [1, 1], "one run per worker"
+    assert "failed to process item" not in logs[refused.id] + worker_logs  # the refusal said once, clearly
+    ran = [sum(f"Flow run '{f.name}' submitted to infrastructure" in text for f in finals) for text in (one_log, two_log)]
+    assert ran == [1, 1], f"one run per worker (each runs one at a time), not {ran}"
     dataset = workspace / "data" / name
     assert len(list((dataset / "images").rglob("*.jpg"))) == len(list((dataset / "labels").rglob("*.txt"))) == 8
     manifest = json.loads((dataset / "manifest.json").read_text())

@@ -153,8 +153,11 @@ def _flock(lock, wait_s: float | None) -> bool:
 
 @contextlib.contextmanager
 def _prefect_lock(settings: Settings, name: str, wait_s: float | None, what: str, lease_s: float) -> Iterator[None]:
+    import logging
+
     from prefect.concurrency.sync import concurrency
 
+    logging.getLogger("prefect._internal.concurrency").addFilter(_QUIET)  # once: filters are a set
     resource = resource_name(name)
     with _prefect_api(settings) as api, contextlib.ExitStack() as held:
         ensure_limit(resource)
@@ -175,6 +178,17 @@ def _prefect_lock(settings: Settings, name: str, wait_s: float | None, what: str
                            holder) from None
         _write_holder(resource)
         yield
+
+
+class _QuietRefusals:
+    """Drops Prefect's ERROR line for a slot it could not get: the caller gets that error, and says it clearly."""
+
+    def filter(self, record) -> bool:
+        return not (record.msg == "Service %r failed to process item %r" and record.args
+                    and record.args[0] == "ConcurrencySlotAcquisitionWithLeaseService")
+
+
+_QUIET = _QuietRefusals()
 
 
 def _busy(error: Exception) -> bool:

@@ -199,3 +199,48 @@ def test_port_taken_by_another_program(tmp_path):
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_servers_of_the_server_profile_without_a_database_url_say_so_at_up(tmp_path):
+    """Their factories still work (a client asks whether they answer); starting one names the missing setting."""
+    from poseops import labelstudio_server, stack
+
+    settings = Settings(home=tmp_path, profile="server", label_studio_url=f"http://127.0.0.1:{free_port()}",
+                        prefect_url=f"http://127.0.0.1:{free_port()}", mlflow_ui_url=f"http://127.0.0.1:{free_port()}")
+    for server in (stack.prefect_server(settings), stack.mlflow_ui(settings), labelstudio_server.server(settings)):
+        assert not server.answers()
+        with pytest.raises(postgres.PostgresError, match="POSEOPS_DATABASE_URL is not set"):
+            server.up(timeout=5)
+        assert server.recorded_pid() is None
+
+
+def test_the_profile_alone_switches_each_server_to_postgresql(tmp_path, monkeypatch):
+    from poseops import labelstudio_server, stack, tracking
+
+    embedded = Settings(home=tmp_path, database_url=URL)
+    server = Settings(home=tmp_path, profile="server", database_url=URL, s3_endpoint_url="http://127.0.0.1:9000",
+                      artifacts_url="s3://team/mlflow", mlflow_ui_url="http://127.0.0.1:5055")
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in stack.prefect_server(embedded).env
+    assert stack.prefect_server(server).env["PREFECT_API_DATABASE_CONNECTION_URL"] == postgres.part_url(server, "prefect")
+    assert "ui" in stack.mlflow_ui(embedded).command
+    mlflow = stack.mlflow_ui(server)
+    assert mlflow.command[mlflow.command.index("mlflow") + 1] == "server"
+    assert mlflow.command[mlflow.command.index("--artifacts-destination") + 1] == "s3://team/mlflow"
+    assert "p@ss/word" not in " ".join(mlflow.command) and "p%40ss" not in " ".join(mlflow.command)
+    assert mlflow.env["MLFLOW_BACKEND_STORE_URI"] == postgres.part_url(server, "mlflow")
+    assert mlflow.env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert "DJANGO_DB" not in labelstudio_server.server(embedded).env
+    ls = labelstudio_server.server(server).env
+    assert {k: ls[k] for k in ("DJANGO_DB", "POSTGRE_NAME", "POSTGRE_USER", "POSTGRE_PASSWORD", "POSTGRE_HOST",
+                               "POSTGRE_PORT")} == {"DJANGO_DB": "default", "POSTGRE_NAME": "poseops_labelstudio",
+                                                    "POSTGRE_USER": "team", "POSTGRE_PASSWORD": "p@ss/word",
+                                                    "POSTGRE_HOST": "db.example.org", "POSTGRE_PORT": "6543"}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("POSEOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("POSEOPS_MLFLOW_UI_URL", "http://127.0.0.1:5055")
+    monkeypatch.setenv("POSEOPS_PROFILE", "embedded")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("POSEOPS_PROFILE", "server")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5055"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example.org")
+    assert tracking.tracking_uri() == "http://mlflow.example.org"

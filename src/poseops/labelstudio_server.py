@@ -69,7 +69,7 @@ def server(settings: Settings) -> ManagedServer:
 def database_env(settings: Settings) -> dict[str, str]:
     """Label Studio's database: its SQLite file in the data folder, or on the server profile `poseops_labelstudio`
     on PostgreSQL (Django's settings, read by Label Studio from these variables)."""
-    if not settings.server_profile:
+    if not settings.server_profile or not settings.database_url:  # unset on the server profile: `up` says so
         return {}
     server = postgres.database_server(settings)
     return {"DJANGO_DB": "default", "POSTGRE_NAME": postgres.database_name("labelstudio"), "POSTGRE_USER": server.user,

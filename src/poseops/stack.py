@@ -27,7 +27,7 @@ def prefect_server(settings: Settings) -> ManagedServer:
                "--port", str(port_of(url, 4200)), "--analytics-off"]
     env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": f"{url}/api", "PREFECT_UI_API_URL": f"{url}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    if settings.server_profile:
+    if settings.server_profile and settings.database_url:  # unset: `up` says so (a client needs only the URL)
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.part_url(settings, "prefect")
     server = ManagedServer("the Prefect server", home, url, f"{url}/api/health", command, env,
                            hint="If the port is taken, set POSEOPS_PREFECT_URL to another port.")
@@ -60,7 +60,9 @@ def mlflow_server(settings: Settings) -> ManagedServer:
     artifacts = settings.artifacts_url or str((settings.home / "mlartifacts").resolve())
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port_of(url, 5000)),
                "--workers", "1", "--serve-artifacts", "--artifacts-destination", artifacts]
-    env = {"MLFLOW_BACKEND_STORE_URI": postgres.part_url(settings, "mlflow"), **s3_env(settings)}
+    env = s3_env(settings)
+    if settings.database_url:  # unset: `up` says so
+        env["MLFLOW_BACKEND_STORE_URI"] = postgres.part_url(settings, "mlflow")
     server = ManagedServer("the MLflow tracking server", state, url, f"{url}/health", command, env,
                            hint="If the port is taken, set POSEOPS_MLFLOW_UI_URL to another port.")
     return postgres.on_database(server, settings, "mlflow")

@@ -158,6 +158,6 @@ def stack_down(settings: Settings) -> list[str]:
 
     stopped = [server.name for server in (prefect_server(settings), mlflow_ui(settings),
                                           labelstudio_server.server(settings)) if server.down()]
-    if settings.server_profile and postgres.down(settings):
+    if settings.server_profile and settings.database_url and postgres.down(settings):
         stopped.append("PostgreSQL")
     return stopped

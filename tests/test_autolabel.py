@@ -215,12 +215,18 @@ def test_the_pipeline_labels_every_batch_and_reports_each_failure_where_it_happe
         assert "writing the prediction failed" in report.failed[4] and set(report.failed) == {3, 4, 5}
         assert done == [(1, 3, 2), (2, 3, 2), (3, 3, 2)] and len(model.seen) == 6
 
-        # writes of at least 3 predictions: batches 1 and 2 in one request, the last batch's rest in another
+        # writes of at least 3 predictions: batches 1 and 2 in one request, the last batch's rest in another;
+        # the first batch fetched alone, the other two together (at least 4 tasks a fetch)
         written.clear()
-        report, done = AutolabelReport("v1"), []
-        run_pipeline(batches, lambda b: pool.submit(lambda: {t["id"]: paths[t["id"]] for t in b}),
-                     lambda p: pool.submit(write, p), Model(), SKELETON, AutolabelOptions(), report,
-                     on_batch=lambda i, n, k: done.append((i, n, k)), write_at_least=3)
+        report, done, fetched = AutolabelReport("v1"), [], []
+
+        def fetch_counted(tasks):
+            fetched.append([t["id"] for t in tasks])
+            return pool.submit(lambda: {t["id"]: paths[t["id"]] for t in tasks})
+
+        run_pipeline(batches, fetch_counted, lambda p: pool.submit(write, p), Model(), SKELETON, AutolabelOptions(),
+                     report, on_batch=lambda i, n, k: done.append((i, n, k)), write_at_least=3, fetch_at_least=4)
+        assert fetched == [[1, 2, 3], [4, 5, 6, 7]]
         assert written == [[6, 7]] and set(report.predicted) == {6, 7} and set(report.failed) == {1, 2, 3, 4, 5}
         assert "writing the prediction failed" in report.failed[1] and done == [(1, 3, 2), (2, 3, 2), (3, 3, 2)]
 

@@ -1,6 +1,6 @@
 """Autolabel as a pipeline: image fetch, decoding, the model and the Label Studio write overlap.
 
-    fetch (a batch at a time, `ahead` batches in flight) → load (one thread: read, check, decode)
+    fetch (FETCH_AT_LEAST tasks or more at a time, `ahead` fetches in flight) → load (one thread: read, check, decode)
         → bounded queue → detect (the caller's thread: the one model of this process)
         → write (WRITE_AT_LEAST predictions or more at a time, at most `ahead` writes in flight)
 
@@ -9,8 +9,9 @@ Prefect tasks, with their retries), so this module knows nothing of Prefect. Onl
 thread waits on the model: fetching the next batches, decoding their images and writing the last
 ones happen meanwhile, so a run's steady state is bound by inference. The queue between the
 loader and the model holds at most two batches of decoded images. Label Studio spends a fixed tens of
-milliseconds of CPU on every write request (besides about a millisecond a prediction), CPU the model
-shares on a small machine, so predictions are written many batches at a time.
+milliseconds of CPU on every write request (besides about a millisecond a prediction), and each fetch
+or write is a Prefect task run, CPU the model shares on a small machine: so images are fetched and
+predictions written many batches at a time (the first fetch is one batch, so the model starts at once).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from poseops.skeleton import Skeleton
 
 Predicted = tuple[dict, list[dict], float]  # task, result regions, score
 WRITE_AT_LEAST = 128  # predictions in one write request (the last one of a run: what is left)
+FETCH_AT_LEAST = 64  # tasks in one fetch, whole batches (the first fetch: the first batch alone)
 
 
 class PipelineModel:
@@ -97,6 +99,19 @@ class _Loaded:
 class _BatchEnd:
     batch: list[dict]
     error: BaseException | None = None  # the batch's fetch failed (after its retries)
+    ends_fetch: bool = False  # the last batch of its fetch: time to ask for the next one
+
+
+def fetch_groups(batches: list[list[dict]], at_least: int) -> list[list[list[dict]]]:
+    """Consecutive batches fetched together, `at_least` tasks a fetch (the first: the first batch alone)."""
+    groups: list[list[list[dict]]] = []
+    group: list[list[dict]] = []
+    for batch in batches:
+        group.append(batch)
+        if not groups or sum(map(len, group)) >= at_least:
+            groups.append(group)
+            group = []
+    return [*groups, group] if group else groups
 
 
 def run_pipeline(
@@ -110,6 +125,7 @@ def run_pipeline(
     ahead: int = 2,
     on_batch: Callable[[int, int, int], None] | None = None,  # (batches done, batches, predicted in this one)
     write_at_least: int = WRITE_AT_LEAST,
+    fetch_at_least: int = FETCH_AT_LEAST,
 ) -> PipelineTimes:
     """Label every batch; per-task failures (image, decode, detect, write) go into `report`, the rest goes on.
 
@@ -119,12 +135,14 @@ def run_pipeline(
     fetches: queue.Queue = queue.Queue()
     loaded: queue.Queue = queue.Queue(maxsize=2 * max(len(b) for b in batches) + 2) if batches else queue.Queue()
     stop = threading.Event()
+    groups = fetch_groups(batches, fetch_at_least)
     submitted = 0
 
-    def submit_fetch() -> None:
+    def submit_fetch() -> None:  # on the caller's thread (a Prefect task is submitted from its flow's)
         nonlocal submitted
-        if submitted < len(batches):
-            fetches.put((batches[submitted], fetch(batches[submitted])))
+        if submitted < len(groups):
+            group = groups[submitted]
+            fetches.put((group, fetch([task for batch in group for task in batch])))
             submitted += 1
 
     def put(item: Any) -> bool:
@@ -136,11 +154,22 @@ def run_pipeline(
                 continue
         return False
 
+    def load(task: dict, paths: dict) -> _Loaded:
+        item = _Loaded(task)
+        path = paths.get(task["id"])
+        try:
+            if path is None:
+                raise ValueError("its image was not fetched")
+            item.size, item.image = image_size(path), model.load(path)
+        except Exception as e:  # noqa: BLE001 - one bad image must not stop the run; it is reported
+            item.error = f"{type(e).__name__}: {e}"
+        return item
+
     def loader() -> None:
-        for _ in batches:
+        for _ in groups:
             while True:
                 try:
-                    batch, future = fetches.get(timeout=0.5)
+                    group, future = fetches.get(timeout=0.5)
                     break
                 except queue.Empty:
                     if stop.is_set():
@@ -148,21 +177,13 @@ def run_pipeline(
             try:
                 paths = future.result()
             except BaseException as e:  # noqa: BLE001 - handed to the model's thread, which raises it
-                put(_BatchEnd(batch, e))
+                put(_BatchEnd(group[0], e))
                 return
-            for task in batch:
-                item = _Loaded(task)
-                path = paths.get(task["id"])
-                try:
-                    if path is None:
-                        raise ValueError("its image was not fetched")
-                    item.size, item.image = image_size(path), model.load(path)
-                except Exception as e:  # noqa: BLE001 - one bad image must not stop the run; it is reported
-                    item.error = f"{type(e).__name__}: {e}"
-                if not put(item):
+            for batch in group:
+                if not all(put(load(task, paths)) for task in batch):
                     return
-            if not put(_BatchEnd(batch)):
-                return
+                if not put(_BatchEnd(batch, ends_fetch=batch is group[-1])):
+                    return
 
     for _ in range(ahead):
         submit_fetch()
@@ -182,7 +203,8 @@ def run_pipeline(
                 if item.error is not None:
                     raise item.error
                 done += 1
-                submit_fetch()
+                if item.ends_fetch:
+                    submit_fetch()
                 if predicted and (len(predicted) >= write_at_least or done == len(batches)):
                     writes.append((predicted, write(predicted)))
                     predicted = []

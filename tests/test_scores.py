@@ -3,6 +3,8 @@ image below clear ones, and each score's arithmetic on detections made by hand."
 
 from __future__ import annotations
 
+import uuid
+
 import cv2
 import numpy as np
 import pytest
@@ -268,7 +270,7 @@ def test_autolabel_moves_a_burst_of_near_identical_pictures_back_in_the_queue(pr
         cv2.imwrite(str(burst[-1]), jittered(cv2.imread(str(source)), seed))
     others = [p for p in photos if p != source]
     (workspace / "params.yaml").write_text("autolabel:\n  diversity_quota: 2\n")
-    name = f"quota-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    name = f"quota-{uuid.uuid4().hex[:8]}"
     with LabelStudioClient(label_studio) as client:
         create_dataset(client, label_studio, name, PERSON_SPEC)
         upload_images(client, label_studio, name, burst + others)

@@ -101,10 +101,18 @@ def prediction_of(skeleton: Skeleton, detections: Detections, width: int, height
 
 def tasks_to_label(client: LabelStudioClient, project_id: int, model_version: str, redo: bool,
                    report: AutolabelReport) -> list[dict]:
-    """Tasks without annotations (and, unless `redo`, without a prediction of this model version)."""
+    """Tasks without annotations (and, unless `redo`, without a prediction of this model version).
+
+    While no task has a prediction of this version (Label Studio counts them per version), the tasks are
+    listed without their predictions' regions (megabytes for a big project): their ids, data and counts."""
+    if redo or client.json("GET", f"/api/projects/{project_id}/model-versions/").get(model_version):
+        listed = client.iter_tasks(project_id)  # which tasks have this version's prediction, and its id
+    else:
+        listed = client.iter_tasks(project_id, fields="task_only",
+                                   include="id,data,total_annotations,cancelled_annotations")
     todo = []
-    for task in client.iter_tasks(project_id):
-        if task.get("annotations"):
+    for task in listed:
+        if task.get("annotations") or task.get("total_annotations") or task.get("cancelled_annotations"):
             report.skipped_labeled += 1
         elif not redo and any(p.get("model_version") == model_version for p in task.get("predictions") or []):
             report.skipped_done += 1

@@ -41,6 +41,7 @@ BENCHMARKS = [
      ["benchmarks.finetune_coco_mini", "--optimizer", "SGD", "--lr0", "0.001", "--warmup-epochs", "0"]),
     ("Training a new keypoint head (dlc-reaching, 5 keypoints): the fine-tune recipe vs train.new_head",
      ["benchmarks.recipe_new_skeleton", "--epochs", "40"]),
+    ("Profiles: one improvement loop on the server profile (PostgreSQL, S3, a work pool) vs embedded", ["benchmarks.profiles"]),
 ]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

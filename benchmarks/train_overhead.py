@@ -18,7 +18,9 @@ command's last line), DVC's own work after each command (hashing and caching the
 file) and its end. The per-epoch time is Ultralytics' own (results.csv's `time` after the last epoch,
 over the epochs) on both sides. Prints every run's times, the medians, the pipeline's fixed cost
 (pipeline minus direct) and the per-epoch ratio, pipeline / direct, and the load average before and after:
-on a shared machine the seconds grow with the load, so compare runs made at a similar load.
+on a shared machine the seconds grow with the load, so compare runs made at a similar load. The CPU seconds
+of each side (its processes and all they started, user + system) are printed too: they grow far less with
+the machine's other load than wall time does.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,14 +70,25 @@ def copy_dataset(src: Path, dest: Path) -> None:
                                                     "names": {0: "person"}, "kpt_shape": [17, 3], "flip_idx": FLIP_IDX}))
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, list[tuple[float, str]]]:
-    """Seconds the command took, and each line of its output (stdout and stderr) with the second it came."""
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and everything they waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str], cpu: list[float] | None = None
+          ) -> tuple[float, list[tuple[float, str]]]:
+    """Seconds the command took, and each line of its output (stdout and stderr) with the second it came; its CPU
+    seconds are appended to `cpu`."""
+    cpu_before = children_cpu()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace")
     lines = [(time.perf_counter() - start, line.rstrip()) for line in proc.stdout]
     proc.wait()
     elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(children_cpu() - cpu_before)
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n" + "\n".join(text for _, text in lines[-60:]))
     return elapsed, lines
@@ -124,6 +138,7 @@ class Sides:
         self.overrides = {"train.epochs": args.epochs, "train.imgsz": args.imgsz}
         self.stages: list[dict[str, float]] = []  # per pipeline run: the parts of `stage_times`
         self.epochs: dict[str, list[float]] = {"direct": [], "pipeline": []}  # seconds per epoch, per run
+        self.cpu: dict[str, list[float]] = {"direct": [], "pipeline": []}  # CPU seconds, per run
         from poseops.demo import make_workspace
         from poseops.params import load_params
 
@@ -145,7 +160,8 @@ class Sides:
         copy_dataset(self.args.dataset, folder / "data")
         train_args = {**ultralytics_train_args(self.params), "model": resolve_weights(self.params.train.model),
                       "data": str(folder / "data" / "data.yaml"), "project": str(folder), "name": "train"}
-        seconds, _ = timed([sys.executable, "-c", DIRECT, json.dumps(train_args)], folder, bench_env(folder / "home"))
+        seconds, _ = timed([sys.executable, "-c", DIRECT, json.dumps(train_args)], folder, bench_env(folder / "home"),
+                           self.cpu["direct"])
         self.epochs["direct"].append(per_epoch(folder / "train" / "results.csv"))
         return seconds
 
@@ -157,7 +173,7 @@ class Sides:
         init = "from poseops import tracking; tracking.experiment_id(tracking.client(), 'benchmark')"
         subprocess.run([sys.executable, "-c", init], env=env, check=True, capture_output=True)
         sets = [a for k, v in self.overrides.items() for a in ("-S", f"{k}={v}")]
-        seconds, lines = timed([sys.executable, "-m", "dvc", "exp", "run", *sets], folder / "repo", env)
+        seconds, lines = timed([sys.executable, "-m", "dvc", "exp", "run", *sets], folder / "repo", env, self.cpu["pipeline"])
         self.stages.append(stage_times(lines, seconds))
         self.epochs["pipeline"].append(per_epoch(folder / "repo" / "runs" / "train" / "results.csv"))
         return seconds
@@ -198,6 +214,10 @@ def main() -> None:
     for part in sides.stages[0]:
         print(f"  {part:<42} {statistics.median(s.get(part, 0.0) for s in sides.stages):8.1f} s")
     print(f"pipeline fixed cost (pipeline - direct): {pipeline - direct:.1f} s")
+    cpu = {side: statistics.median(runs) for side, runs in sides.cpu.items()}
+    print(f"CPU seconds: direct {cpu['direct']:.1f}, pipeline {cpu['pipeline']:.1f}, "
+          f"fixed {cpu['pipeline'] - cpu['direct']:.1f} (runs: direct {', '.join(f'{s:.1f}' for s in sides.cpu['direct'])}; "
+          f"pipeline {', '.join(f'{s:.1f}' for s in sides.cpu['pipeline'])})")
     print(f"per epoch (Ultralytics' own): direct {epoch['direct']:.2f} s, pipeline {epoch['pipeline']:.2f} s, "
           f"ratio {epoch['pipeline'] / epoch['direct']:.3f}")
     print(f"ratio full pipeline / direct: {pipeline:.1f} s / {direct:.1f} s = {pipeline / direct:.2f}")

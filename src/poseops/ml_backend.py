@@ -154,6 +154,7 @@ class Backend:
         self.options = AutolabelOptions.of(params.autolabel)
         self.champion = Champion(settings, params)
         self.client = LabelStudioClient(settings, retries=1)
+        self.uploads = label_studio_uploads(settings)
         self._records: dict[int, tuple[float, Any]] = {}  # project id → (when read, its dataset record)
 
     def model_version(self) -> str:
@@ -186,8 +187,14 @@ class Backend:
         return out
 
     def _fetch(self, task: dict, timings: Timings) -> bytes:
+        """The task's image: read from the uploads of the Label Studio poseops runs here when the file there has
+        the task's `sha256`, else downloaded from Label Studio."""
         started = time.perf_counter()
-        content = self.client.download(str((task.get("data") or {}).get("image", "")))
+        data = task.get("data") if isinstance(task.get("data"), dict) else {}
+        url = str(data.get("image", ""))
+        content = local_upload(self.uploads, url.removeprefix(self.client.url), data.get("sha256"))
+        if content is None:
+            content = self.client.download(url)
         timings.fetch += time.perf_counter() - started
         return content
 
@@ -249,6 +256,35 @@ class Backend:
                                    "so there is no template skeleton to show either") from None
             self._records[project_id] = (time.monotonic(), record)
         return record
+
+
+UPLOADS_URL = "/data/upload/"  # where Label Studio serves the files uploaded to it
+
+
+def label_studio_uploads(settings: Settings) -> Path:
+    """The folder of the uploads of the Label Studio poseops starts with these settings (it may not exist)."""
+    from poseops import labelstudio_server
+
+    return labelstudio_server.server(settings).state_dir / "media" / "upload"
+
+
+def local_upload(uploads: Path, url: str, sha256: Any) -> bytes | None:
+    """The upload a Label Studio URL (`/data/upload/<project>/<file>`) names, read from `uploads` when it is there
+    with the content hash the task records (tasks poseops uploads carry one); None otherwise (download it)."""
+    import hashlib
+    from urllib.parse import unquote
+
+    if not isinstance(sha256, str) or not url.startswith(UPLOADS_URL):
+        return None
+    parts = unquote(url.split("?", 1)[0]).removeprefix(UPLOADS_URL).split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return None
+    path = uploads.joinpath(*parts)
+    try:
+        content = path.read_bytes()
+    except OSError:
+        return None
+    return content if hashlib.sha256(content).hexdigest() == sha256 else None
 
 
 def secret_matches(given: str | None, expected: str) -> bool:

@@ -308,7 +308,7 @@ def pull(
     from poseops.pull_unchanged import unchanged_pull  # nothing changed: found without Prefect, no flow run
 
     summary = unchanged_pull(name, str(params), allow_unlabeled or None, version) or flow("pull_labels.pull_labels")(
-        dataset=name, params_file=str(params), allow_unlabeled=allow_unlabeled or None, version=version)
+        dataset=name, params_file=str(params), allow_unlabeled=allow_unlabeled or None, version=version, check_first=False)
     for warning in summary["warnings"]:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     kept = " (no change since the last pull: kept, nothing rebuilt)" if summary.get("unchanged") else ""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from poseops.errors import PoseopsError
+from poseops.reports import PullSummary
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 def unchanged_pull(dataset: str, params_file: str = "params.yaml", allow_unlabeled: bool | None = None,
                    version: bool = True, commit: bool = True) -> dict[str, Any] | None:
     """The pull's summary (as the flow returns it) when nothing changed since the last version; None: run the flow."""
+    summary = unchanged_summary(dataset, params_file, allow_unlabeled, version, commit)
+    return summary.to_dict() if summary is not None else None
+
+
+def unchanged_summary(dataset: str, params_file: str = "params.yaml", allow_unlabeled: bool | None = None,
+                      version: bool = True, commit: bool = True) -> PullSummary | None:
+    """`unchanged_pull`'s summary as a `PullSummary`."""
     from poseops import pull as steps
     from poseops.params import load_params
 
@@ -40,7 +48,7 @@ def unchanged_pull(dataset: str, params_file: str = "params.yaml", allow_unlabel
         return None
 
 
-def _kept_summary(dataset: str, options: Any, last: Any) -> dict[str, Any] | None:
+def _kept_summary(dataset: str, options: Any, last: Any) -> PullSummary | None:
     """The tasks of the project the last version came from, exported while the project is looked up by name, the
     skeleton spec read and the version checked whole; None when the name now leads to another project, or
     anything changed."""
@@ -49,7 +57,6 @@ def _kept_summary(dataset: str, options: Any, last: Any) -> dict[str, Any] | Non
     from poseops import pull as steps
     from poseops.datasets import load_record, project_of
     from poseops.labelstudio import LabelStudioClient
-    from poseops.reports import PullSummary
     from poseops.settings import load_settings
 
     settings = load_settings()
@@ -66,7 +73,7 @@ def _kept_summary(dataset: str, options: Any, last: Any) -> dict[str, Any] | Non
     if images is None:
         return None
     kept = steps.kept_version(dataset, skeleton, options, snapshot, ready, images, say=log.info, whole=whole.result())
-    return PullSummary.of(kept, 0).to_dict() if kept is not None else None
+    return PullSummary.of(kept, 0) if kept is not None else None
 
 
 def cached_images(tasks: list[dict], cache_dir: Path) -> dict[int, Path] | None:

@@ -22,6 +22,7 @@ from poseops.flows.quick import quick_flow
 from poseops.flows.retries import ATTEMPTS, NETWORK_RETRIES, label_studio
 from poseops.labelstudio import LabelStudioError, LabelStudioRefused
 from poseops.params import load_params
+from poseops.pull_unchanged import unchanged_summary
 from poseops.reports import PullSummary, artifact_key, pull_markdown
 from poseops.settings import load_settings
 
@@ -85,8 +86,15 @@ def build_dataset(dataset: str, options: steps.PullOptions, snapshot: steps.Snap
 
 @quick_flow(name="pull-labels")
 def pull_labels(dataset: str = "demo-people", params_file: str = "params.yaml", allow_unlabeled: bool | None = None,
-                version: bool = True, commit: bool = True) -> dict:
-    """Export the project's labels, check they are ready, convert them, and version the dataset with DVC."""
+                version: bool = True, commit: bool = True, check_first: bool = True) -> dict:
+    """Export the project's labels, check they are ready, convert them, and version the dataset with DVC.
+
+    `check_first`: look for "nothing changed" first, without task runs (`poseops.pull_unchanged`); False when the
+    caller did (`poseops pull`)."""
+    if check_first and (kept := unchanged_summary(dataset, params_file, allow_unlabeled, version, commit)) is not None:
+        get_run_logger().info("no change since the last pull: DVC version %s kept, nothing rebuilt", kept.dvc_md5)
+        publish(dataset, kept)
+        return kept.to_dict()
     params = load_params(params_file, missing_ok=True)
     options = steps.pull_options(params.pull, allow_unlabeled=allow_unlabeled, version=version, commit=commit)
     with steps.dataset_lock(options.data_root, dataset):
@@ -107,6 +115,11 @@ def pull_labels(dataset: str = "demo-people", params_file: str = "params.yaml", 
             raise steps.NotReady(f"{why} {options.data_root / dataset} is unchanged.")
         result = kept or build_dataset(dataset, options, quote(snapshot), quote(ready), quote(images))
     summary = dataclasses.replace(PullSummary.of(result, downloaded), label_checks=checks.to_dict() if checks else {})
+    publish(dataset, summary)
+    return summary.to_dict()
+
+
+def publish(dataset: str, summary: PullSummary) -> None:
+    """The pull's artifact (`pull-NAME`)."""
     create_markdown_artifact(key=artifact_key("pull", dataset), markdown=pull_markdown(summary),
                              description=f"pull of {dataset}")
-    return summary.to_dict()

@@ -195,6 +195,7 @@ def test_port_taken_by_another_program(tmp_path):
             with pytest.raises(postgres.PostgresError, match=f"port {port} on 127.0.0.1 is taken"):
                 postgres.up(settings)
             assert not postgres.status(settings).started_here
+            assert not (folder / "postgres" / "data").exists(), "a cluster made for a port it cannot have"
         finally:
             import shutil
 

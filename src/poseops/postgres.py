@@ -240,9 +240,9 @@ class PostgresCluster(ManagedServer):
 
     def _up(self, timeout: float, progress: Callable[[], None] | None) -> ServerStatus:
         if self.recorded_pid() is None and not self.answers():  # to be started here (an answering one is refused)
+            port_free(self.port)
             self.let_owner_through()
             self.initdb()
-            port_free(self.port)
         return super()._up(timeout, progress)
 
     def _down(self, timeout: float) -> bool:

@@ -11,6 +11,8 @@ API:
 - `prefect_server` (module fixture) -> `PrefectServer(url, api_url, home)`: a real `prefect server start`
   (its services on: scheduler, lease expiry every second) with its own SQLite database, stopped after the
   module. While it is active, this test process's Prefect client points at it (`use_prefect_server`).
+- `running_prefect_server(home, settings=None)`: the same server as a context manager, for a fixture of
+  another scope or a server-profile `Settings` (the Prefect server on PostgreSQL).
 - `use_prefect_server(server)`: a context in which this process's Prefect client talks to `server`.
 - `prefect_worker(server, pool, cwd, env=None, limit=None, name=None)`: a context manager starting
   `prefect worker start --pool POOL --type process` (the pool is created if missing) in `cwd`, with this
@@ -54,9 +56,10 @@ class PrefectServer:
 
 
 @contextlib.contextmanager
-def running_prefect_server(home: Path) -> Iterator[PrefectServer]:
-    """`prefect server start` on a free loopback port with its database under `home`; stopped on exit."""
-    settings = Settings(home=home, prefect_url=f"http://127.0.0.1:{free_port()}")
+def running_prefect_server(home: Path, settings: Settings | None = None) -> Iterator[PrefectServer]:
+    """`prefect server start` on a free loopback port, stopped on exit: its SQLite database under `home`, or as
+    `settings` say (`poseops.stack.prefect_server`: on PostgreSQL for the server profile, at its prefect_url)."""
+    settings = settings or Settings(home=home, prefect_url=f"http://127.0.0.1:{free_port()}")
     server = managed_prefect_server(settings)
     server.env.update({"PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "1", "PREFECT_UI_ENABLED": "false",
                        "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_API_URL": f"{settings.prefect_url}/api"})

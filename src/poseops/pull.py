@@ -379,7 +379,7 @@ def whole_version(target: Path, options: PullOptions, record: PullRecord) -> Pul
     """
     import yaml
 
-    if record.dvc_md5 is None:
+    if record.dvc_md5 is None or remote_outdated(target, load_settings()):  # a new POSEOPS_DVC_REMOTE: push there
         return None
     try:
         if dvc_md5(target.with_name(f"{target.name}.dvc")) != record.dvc_md5:

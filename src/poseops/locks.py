@@ -94,7 +94,7 @@ def exclusive(settings: Settings | None, name: str, *, wait_s: float | None = WA
 
     `wait_s`: how long to wait for a busy lock; 0 fails at once, None waits as long as it takes. A lock that
     cannot be had in time raises LockBusy naming `what` (default: the lock's name), its holder, and what to do.
-    `lock_file`: the embedded profile's lock file (default `<home>/locks/<name>.lock`).
+    `lock_file`: the embedded profile's lock file (default `<home>/locks/poseops-<name>.lock`, see resource_name).
     """
     settings = settings or load_settings()
     what = what or f"the lock {name!r}"

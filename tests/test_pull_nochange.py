@@ -86,8 +86,8 @@ def test_nothing_changed_is_found_before_the_flow_in_two_requests(prefect_api, w
     kept = unchanged_pull(name)
     assert kept is not None and {k: kept[k] for k in KEPT_FIELDS} == {k: flow_kept[k] for k in KEPT_FIELDS}
     assert kept["unchanged"] is True and kept["dvc_md5"] == first["dvc_md5"] and kept["downloaded_images"] == 0
-    asked = request_log.requests[seen:]  # the project looked up once and its tasks read: no snapshot, no image
-    lookups = [r for r in asked if r.method == "GET" and r.path.startswith("/api/projects?")]
+    asked = request_log.requests[seen:]  # the project's title checked once and its tasks read: no snapshot, no image
+    lookups = [r for r in asked if r.method == "GET" and re.fullmatch(r"/api/projects/\d+\?include=id%2Ctitle", r.path)]
     exports = [r for r in asked if r.method == "GET" and re.fullmatch(r"/api/projects/\d+/export\?.*", r.path)]
     assert (len(lookups), len(exports), len(asked)) == (1, 1, 2), asked
 

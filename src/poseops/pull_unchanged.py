@@ -1,9 +1,9 @@
 """A pull with nothing changed, found before the Prefect flow starts.
 
 `poseops pull NAME` asks here first. With one Label Studio client it reads every task of the project the
-last version came from (Label Studio's direct export: one request, no export snapshot made) while it looks
-the project up by name (once), reads the skeleton spec and checks the version is whole; then it runs the
-ready gate, finds every labeled image in the cache and compares the inputs' digest with the last version's
+last version came from (Label Studio's direct export: one request, no export snapshot made) while it checks
+that project still bears the dataset's name (its title alone, one small request), reads the skeleton spec
+and checks the version is whole; then it runs the ready gate, finds every labeled image in the cache and compares the inputs' digest with the last version's
 record (`poseops.pull.kept_version`). When that version was made of these very inputs and is whole, it is
 the pull's result, and no flow runs: Prefect is not imported, no flow or task run is made (nor Prefect's
 temporary server started when none runs). Anything else (the first pull, a changed label or image, an
@@ -49,24 +49,26 @@ def unchanged_summary(dataset: str, params_file: str = "params.yaml", allow_unla
 
 
 def _kept_summary(dataset: str, options: Any, last: Any) -> PullSummary | None:
-    """The tasks of the project the last version came from, exported while the project is looked up by name, the
-    skeleton spec read and the version checked whole; None when the name now leads to another project, or
-    anything changed."""
+    """The tasks of the project the last version came from, exported while that project's title is checked
+    against the dataset's name (one small request: a deleted or renamed project sends the pull to the flow,
+    which looks the name up), the skeleton spec read and the version checked whole; None when anything
+    changed."""
     from concurrent.futures import ThreadPoolExecutor
 
     from poseops import pull as steps
-    from poseops.datasets import load_record, project_of
+    from poseops.datasets import load_record
     from poseops.labelstudio import LabelStudioClient
     from poseops.settings import load_settings
 
     settings = load_settings()
+    project = f"/api/projects/{last.label_studio_project_id}"
     with LabelStudioClient(settings, retries=0) as client, ThreadPoolExecutor(3) as pool:
         export = pool.submit(steps.export_tasks, client, last.label_studio_project_id)
-        found = pool.submit(project_of, client, dataset)
+        named = pool.submit(client.json, "GET", project, params={"include": "id,title"})  # its title only: no counts
         whole = pool.submit(steps.whole_version, options.data_root / dataset, options, last)
         skeleton = load_record(settings, dataset).skeleton_spec()
-        if whole.result() is None or found.result().id != last.label_studio_project_id:
-            return None  # damaged, not committed; or the name now leads to another project: the flow pulls that one
+        if whole.result() is None or named.result().get("title") != dataset:
+            return None  # damaged, not committed; or the project renamed (another may bear the name): the flow decides
         snapshot = export.result()
     ready = steps.check_ready(snapshot.tasks, options, dataset, skeleton)
     images = cached_images(ready.labeled, settings.home / "cache" / "images")

@@ -26,7 +26,10 @@ def prefect_server(settings: Settings) -> ManagedServer:
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                "--port", str(port_of(url, 4200)), "--analytics-off"]
     env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": f"{url}/api", "PREFECT_UI_API_URL": f"{url}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           # the leases of poseops.locks' slots outlive a restart of the server (in memory, a slot held across a
+           # restart would stay taken for good): they are files under its PREFECT_HOME
+           "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem"}
     if settings.server_profile and settings.database_url:  # unset: `up` says so (a client needs only the URL)
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.part_url(settings, "prefect")
     server = ManagedServer("the Prefect server", home, url, f"{url}/api/health", command, env,

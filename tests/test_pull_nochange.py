@@ -18,6 +18,7 @@ from test_pull import COCO8, git, make_project, run_pull, tree_digest
 from poseops.coco import read_yolo_pose
 from poseops.labelstudio import LabelStudioClient
 from poseops.pull_unchanged import unchanged_pull
+from poseops.safepaths import UnsafePath
 
 pytestmark = pytest.mark.integration
 IMAGES = read_yolo_pose(COCO8, "train", ["person"]) + read_yolo_pose(COCO8, "val", ["person"])
@@ -80,6 +81,8 @@ KEPT_FIELDS = ("unchanged", "dvc_md5", "git_commit", "export_snapshot_id", "trai
 def test_nothing_changed_is_found_before_the_flow_in_two_requests(prefect_api, workspace, label_studio, request_log):
     name = make_project(label_studio, IMAGES[:6])
     assert unchanged_pull(name) is None and request_log.requests == []  # no version yet: the flow builds it, unasked
+    with pytest.raises(UnsafePath, match="bad dataset name"):  # refused as the flow refuses it
+        unchanged_pull("../elsewhere")
     first = run_pull(name)
     flow_kept = run_pull(name)
     seen = len(request_log.requests)

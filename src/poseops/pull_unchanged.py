@@ -1,9 +1,10 @@
 """A pull with nothing changed, found before the Prefect flow starts.
 
-`poseops pull NAME` asks here first. With one Label Studio client it reads every task of the project the
-last version came from (Label Studio's direct export: one request, no export snapshot made) while it checks
-that project still bears the dataset's name (its title alone, one small request), reads the skeleton spec
-and checks the version is whole; then it runs the ready gate, finds every labeled image in the cache and compares the inputs' digest with the last version's
+`poseops pull NAME` asks here first (and the `pull-labels` flow, before any task run). With one Label
+Studio client it reads every task of the project the last version came from (Label Studio's direct export:
+one request, no export snapshot made) while it checks that project still bears the dataset's name (its
+title alone, one small request), reads the skeleton spec and checks the version is whole; then it runs the
+ready gate, finds every labeled image in the cache and compares the inputs' digest with the last version's
 record (`poseops.pull.kept_version`). When that version was made of these very inputs and is whole, it is
 the pull's result, and no flow runs: Prefect is not imported, no flow or task run is made (nor Prefect's
 temporary server started when none runs). Anything else (the first pull, a changed label or image, an
@@ -15,10 +16,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poseops.errors import PoseopsError
 from poseops.reports import PullSummary
+
+if TYPE_CHECKING:
+    from poseops.pull import PullOptions
+    from poseops.pull_results import PullRecord
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,12 @@ def unchanged_summary(dataset: str, params_file: str = "params.yaml", allow_unla
     """`unchanged_pull`'s summary as a `PullSummary`."""
     from poseops import pull as steps
     from poseops.params import load_params
+    from poseops.safepaths import check_dataset_name, inside_project
 
     options = steps.pull_options(load_params(params_file, missing_ok=True).pull, allow_unlabeled=allow_unlabeled,
                                  version=version, commit=commit)
+    check_dataset_name(dataset)  # refused as the flow refuses them, before any path is made of them
+    inside_project(options.data_root, "pull.data_root")
     last = steps.last_record(options.data_root / dataset) if options.version else None
     if last is None or last.inputs_sha256 is None or last.dvc_md5 is None:  # no version to keep: build one
         return None
@@ -48,7 +56,7 @@ def unchanged_summary(dataset: str, params_file: str = "params.yaml", allow_unla
         return None
 
 
-def _kept_summary(dataset: str, options: Any, last: Any) -> PullSummary | None:
+def _kept_summary(dataset: str, options: PullOptions, last: PullRecord) -> PullSummary | None:
     """The tasks of the project the last version came from, exported while that project's title is checked
     against the dataset's name (one small request: a deleted or renamed project sends the pull to the flow,
     which looks the name up), the skeleton spec read and the version checked whole; None when anything

@@ -125,6 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 80, 1000], help="tasks per project")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--diversity-quota", type=int, default=0,
+                        help="autolabel.diversity_quota for the runs (default 0: off; the images past 80 are re-encoded "
+                             "copies, near-identical pictures the quota would move back one by one)")
     add_label_studio_arguments(parser)
     args = parser.parse_args()
     prepare()
@@ -154,6 +157,7 @@ def main() -> None:
         from prefect.testing.utilities import prefect_test_harness
 
         os.chdir(work)
+        (work / "params.yaml").write_text(f"autolabel:\n  diversity_quota: {args.diversity_quota}\n")
         rows = []
         load = os.getloadavg()[0]
         others = label_studio_process(settings.label_studio_url)
@@ -172,7 +176,7 @@ def main() -> None:
     print(f"yolo11n-pose, runtime {model.runtime} {model.info().get('openvino', {}).get('performance_hint', '')}, "
           f"{os.cpu_count()} CPUs; {len(images)} images "
           f"(uploaded in {upload_s:.0f} s); median of {args.repeat}, raw and autolabel in turn; "
-          f"model load {load_s:.2f} s, not counted")
+          f"model load {load_s:.2f} s, not counted; autolabel.diversity_quota {args.diversity_quota}")
     print(f"{'tasks':>6} {'raw img/s':>10} {'autolabel img/s':>16} {'ratio':>6} {'first run img/s':>16} "
           f"{'CPU s raw':>10} {'CPU s autolabel':>16} {'CPU ratio':>10}")
     for size, first, seconds, cpu in rows:

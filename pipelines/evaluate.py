@@ -23,6 +23,7 @@ from poseops.params import load_params
 from poseops.training.evaluation import evaluate
 from poseops.training.layout import Layout, run_stage
 from poseops.training.register import export
+from poseops.training.yolo import preload_libraries
 
 
 def main() -> None:
@@ -38,6 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def step() -> None:
+        preload_libraries()  # torch, Ultralytics and MLflow, out of the garbage collector's way
         params = load_params()
         layout = Layout(prepared=args.prepared, train=args.train, evaluate=args.out, metrics=args.metrics,
                         keypoints=args.keypoints, images_oks=args.images, model=args.export or Layout.model)

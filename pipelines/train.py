@@ -14,6 +14,7 @@ from pathlib import Path
 from poseops.params import load_params
 from poseops.training.fit import train
 from poseops.training.layout import Layout, run_stage
+from poseops.training.yolo import preload_libraries
 
 
 def main() -> None:
@@ -24,6 +25,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def step() -> None:
+        preload_libraries()  # torch, Ultralytics and MLflow, out of the garbage collector's way
         result = train(load_params(), layout=Layout(prepared=args.prepared, train=args.out, epochs_csv=args.epochs_csv))
         last = result.epochs[-1] if result.epochs else {}
         print(f"MLflow run {result.run_id}{' (resumed)' if result.resumed else ''}: {len(result.epochs)} epochs, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from dataclasses import asdict
@@ -28,6 +29,26 @@ def configure_ultralytics() -> None:
     off = {key: False for key in ULTRALYTICS_INTEGRATIONS_OFF if settings.get(key) is not False}
     if off:
         settings.update(off)
+
+
+def preload_libraries(mlflow: bool = True) -> None:
+    """Import Ultralytics (torch, torchvision) and MLflow with the garbage collector paused, then freeze what
+    they made out of its reach: for a stage process, whose modules live as long as it does.
+
+    Importing them runs seven full collections over a growing heap, a quarter of the import's CPU time
+    (measured 2.7 s against 2.0 s), and every later full collection scans those objects again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        configure_ultralytics()
+        import torchvision  # noqa: F401  (Ultralytics' validator imports it on first use)
+
+        if mlflow:
+            import mlflow as _mlflow  # noqa: F401
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def ultralytics_train_args(params: Params) -> dict[str, Any]:

@@ -52,15 +52,23 @@ def queue_scores(scores: Mapping[int, float], thumbnails: Mapping[int, np.ndarra
     return {task: tier[task] + score for task, score in scores.items()}
 
 
-def rewrite_scores(client, changed: Mapping[int, float], model_version: str) -> int:
-    """Set the score of each task's prediction of `model_version` to the queue's; how many were changed."""
-    done = 0
-    for task_id, score in changed.items():
+def rewrite_scores(client, changed: Mapping[int, float], model_version: str, workers: int = 4) -> int:
+    """Set the score of each task's prediction of `model_version` to the queue's; how many were changed.
+
+    Label Studio has no bulk update of predictions: two requests a task (find its prediction, set the score),
+    `workers` tasks at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(task_id: int) -> int:
+        done = 0
         for prediction in client.json("GET", "/api/predictions/", params={"task": task_id}):
             if prediction.get("model_version") == model_version:
-                client.json("PATCH", f"/api/predictions/{prediction['id']}", json={"score": score})
+                client.json("PATCH", f"/api/predictions/{prediction['id']}", json={"score": changed[task_id]})
                 done += 1
-    return done
+        return done
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return sum(pool.map(one, changed))
 
 
 def apply_quota(client, scores: Mapping[int, float], thumbnails: Mapping[int, np.ndarray], quota: int,

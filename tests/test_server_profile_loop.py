@@ -6,7 +6,8 @@ starts Label Studio, the MLflow tracking server and the Prefect server on them; 
 deploys the flows to a process work pool, and a real `prefect worker` runs the improvement loop in its own
 process. The test then checks what the embedded loop test checks (tests/test_loop.py) where each part now
 keeps it: the dataset version in the bucket, the MLflow run and its artifacts in the bucket, the promoted
-champion served, the new tasks pre-labeled; and that the rows are in PostgreSQL.
+champion served, the new tasks pre-labeled; that the rows are in PostgreSQL and the locks were the Prefect
+server's global concurrency limits; and that no secret is in what the loop wrote.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -165,11 +167,36 @@ def test_the_loop_on_the_server_profile_runs_on_a_worker_and_keeps_its_state_in_
     name = f"server-loop-{uuid.uuid4().hex[:6]}"
     upload_the_data(profile, name)
     profile.poseops("deploy-flows", "--pool", POOL)
+    run = the_loop_as_a_deployment_run_on_a_worker(profile, name)
+
+    steps = loop_steps(profile, run.id, name)
+    assert "dataset version" in steps["pull labels"], steps
+    assert "at least as good" in steps["promote"] or "no champion" in steps["promote"], steps["promote"]
+    champion_map = float(steps["train"].rsplit(" ", 1)[-1])
+    assert champion_map > 0.1, f"the fine-tuned champion lost its accuracy: {steps['train']}"
+    assert "poseops-pose:1" in steps["deploy"], steps
+    assert steps["autolabel"].startswith("2 task(s)"), steps
+
+    md5 = yaml.safe_load((profile.repo / "data" / f"{name}.dvc").read_text())["outs"][0]["md5"]
+    champion_run = check_the_bucket_and_the_registry(profile, md5)
+    check_the_service_serves_the_champion(profile, champion_run, md5)
+    check_the_rows_are_in_postgres(profile, name, champion_run, run.id)
+
+    # nothing secret in what the loop wrote: the workspace, and the home less Label Studio's and PostgreSQL's data
+    secrets = [profile.env["LABEL_STUDIO_USER_TOKEN"], profile.env["LABEL_STUDIO_PASSWORD"],
+               urlsplit(profile.env["POSEOPS_DATABASE_URL"]).password, profile.env["AWS_SECRET_ACCESS_KEY"]]
+    assert files_containing(profile.repo, secrets) == []
+    assert files_containing(profile.home, secrets, skip=("labelstudio", "postgres")) == []
+    print(f"the whole test, servers excluded: {time.perf_counter() - started:.1f} s")
+
+
+def the_loop_as_a_deployment_run_on_a_worker(profile: ServerProfile, name: str):
+    """The improvement-loop deployment run by a `prefect worker` of the pool, in a process of its own; the final run."""
+    from prefect.deployments import run_deployment
+
+    from poseops.flows.serve import LOOP_DEPLOYMENT
+
     with prefect_worker(profile.prefect, POOL, cwd=profile.repo, env=profile.env) as worker:
-        from prefect.deployments import run_deployment
-
-        from poseops.flows.serve import LOOP_DEPLOYMENT
-
         loop_started = time.perf_counter()
         with use_prefect_server(profile.prefect):
             submitted = run_deployment(LOOP_DEPLOYMENT, parameters={"dataset": name, "root": str(profile.repo)},
@@ -182,63 +209,53 @@ def test_the_loop_on_the_server_profile_runs_on_a_worker_and_keeps_its_state_in_
     assert run.work_pool_name == POOL
     pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
     assert pid not in (os.getpid(), worker.process.pid), "the loop ran in the test's or the worker's own process"
+    return run
 
-    steps = loop_steps(profile, run.id, name)
-    assert "dataset version" in steps["pull labels"], steps
-    assert "at least as good" in steps["promote"] or "no champion" in steps["promote"], steps["promote"]
-    champion_map = float(steps["train"].rsplit(" ", 1)[-1])
-    assert champion_map > 0.1, f"the fine-tuned champion lost its accuracy: {steps['train']}"
-    assert "poseops-pose:1" in steps["deploy"], steps
-    assert steps["autolabel"].startswith("2 task(s)"), steps
 
-    # the dataset version is in the bucket: the .dir object DVC pushed under the remote
-    md5 = yaml.safe_load((profile.repo / "data" / f"{name}.dvc").read_text())["outs"][0]["md5"]
-    dvc_keys = profile.s3.keys("dvc")
-    assert f"dvc/files/md5/{md5[:2]}/{md5[2:]}" in dvc_keys, dvc_keys[:20]
-    assert len(dvc_keys) > 8, "the images were not pushed with the version"
-
-    # the MLflow run on the tracking server, its artifacts in the bucket, the champion registered and promoted
+def check_the_bucket_and_the_registry(profile: ServerProfile, md5: str) -> str:
+    """The dataset version and the run's weights in the bucket, the champion registered and promoted; its run id."""
     from poseops import tracking
 
+    dvc_keys = profile.s3.keys("dvc")
+    assert f"dvc/files/md5/{md5[:2]}/{md5[2:]}" in dvc_keys, dvc_keys[:20]  # the version's .dir object
+    assert len(dvc_keys) > 8, "the images were not pushed with the version"
     mlc = tracking.client()
     assert mlc.tracking_uri == profile.env["POSEOPS_MLFLOW_UI_URL"], "MLflow is not the tracking server"
     champion = tracking.version_for_alias(mlc, "poseops-pose", "champion")
     assert champion is not None and str(champion.version) == "1"
-    mlflow_run = mlc.get_run(champion.run_id)
-    assert mlflow_run.info.artifact_uri.startswith("mlflow-artifacts:"), mlflow_run.info.artifact_uri  # via the server
+    artifact_uri = mlc.get_run(champion.run_id).info.artifact_uri
+    assert artifact_uri.startswith("mlflow-artifacts:"), artifact_uri  # the client logged through the server
     artifact_keys = [k for k in profile.s3.keys("mlartifacts") if f"/{champion.run_id}/artifacts/" in k]
     assert any(k.endswith(".pt") for k in artifact_keys), f"the run's weights are not in the bucket: {artifact_keys}"
+    return champion.run_id
 
-    # the service answers with the champion, its lineage naming the pushed dataset version
+
+def check_the_service_serves_the_champion(profile: ServerProfile, run_id: str, md5: str) -> None:
     service = profile.env["POSEOPS_SERVICE_URL"]
     meta = httpx.get(f"{service}/metadata", timeout=10).json()
     assert (meta["model"]["name"], meta["model"]["version"]) == ("poseops-pose", "1")
     assert meta["model"]["imgsz"] == TINY_TRAINING["imgsz"]
-    assert meta["lineage"]["mlflow_run_id"] == champion.run_id and meta["lineage"]["dataset_dvc_hash"] == md5
+    assert meta["lineage"]["mlflow_run_id"] == run_id and meta["lineage"]["dataset_dvc_hash"] == md5
     image = read_yolo_pose(COCO8, "val", ["person"])[0].path
     assert httpx.post(f"{service}/detect", files={"image": image.read_bytes()}, timeout=60).status_code == 200
 
-    # the rows are in PostgreSQL: Label Studio's project, tasks and predictions; MLflow's run and alias; Prefect's run
+
+def check_the_rows_are_in_postgres(profile: ServerProfile, name: str, mlflow_run_id: str, flow_run_id) -> None:
+    """Label Studio's project, tasks and predictions; MLflow's run and alias; Prefect's runs and the locks."""
+    from poseops.locks import resource_name
+
     (project_id,) = rows(profile, "labelstudio", "SELECT id FROM project WHERE title = %s", name)[0]
     assert rows(profile, "labelstudio", "SELECT count(*) FROM task WHERE project_id = %s", project_id) == [(10,)]
     predicted = rows(profile, "labelstudio", "SELECT count(DISTINCT p.task_id) FROM prediction p JOIN task t "
                      "ON t.id = p.task_id WHERE t.project_id = %s AND NOT EXISTS (SELECT 1 FROM task_completion c "
                      "WHERE c.task_id = t.id)", project_id)
     assert predicted == [(2,)], "the two unlabeled tasks are not pre-labeled in Label Studio's database"
-    assert rows(profile, "mlflow", "SELECT status FROM runs WHERE run_uuid = %s", champion.run_id) == [("FINISHED",)]
+    assert rows(profile, "mlflow", "SELECT status FROM runs WHERE run_uuid = %s", mlflow_run_id) == [("FINISHED",)]
     assert rows(profile, "mlflow", "SELECT version FROM registered_model_aliases WHERE name = %s AND alias = %s",
                 "poseops-pose", "champion") == [(1,)]
-    assert rows(profile, "prefect", "SELECT state_type FROM flow_run WHERE id = %s", run.id) == [("COMPLETED",)]
+    assert rows(profile, "prefect", "SELECT state_type FROM flow_run WHERE id = %s", flow_run_id) == [("COMPLETED",)]
     assert rows(profile, "prefect", "SELECT count(*) FROM flow_run WHERE parent_task_run_id IS NOT NULL")[0][0] >= 4
     # the locks were the Prefect server's global concurrency limits (not files), each released after the loop
-    from poseops.locks import resource_name
-
     limits = dict(rows(profile, "prefect", "SELECT name, active_slots FROM concurrency_limit_v2"))
     for lock in (f"pull-{name}", f"loop-{name}", "registry-poseops-pose", "champion-poseops-pose", "deploy"):
         assert limits.get(resource_name(lock)) == 0, f"no released {resource_name(lock)} among {limits}"
-
-    # nothing secret in what the loop wrote: the workspace, and the home less Label Studio's and PostgreSQL's data
-    secrets = [profile.env["LABEL_STUDIO_USER_TOKEN"], profile.env["LABEL_STUDIO_PASSWORD"]]
-    assert files_containing(profile.repo, secrets) == []
-    assert files_containing(profile.home, secrets, skip=("labelstudio", "postgres")) == []
-    print(f"the whole test, servers excluded: {time.perf_counter() - started:.1f} s")

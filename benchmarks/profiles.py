@@ -171,8 +171,8 @@ def server_loop(work: Path) -> float:
             run([*POSEOPS, "deploy-flows", "--pool", POOL], repo, env)
             worker_env = {**env, "PREFECT_API_URL": f"{env['POSEOPS_PREFECT_URL']}/api"}
             with background([*PREFECT, "worker", "start", "--pool", POOL], repo, worker_env, work / "worker.log"):
-                return timed([*PREFECT, "deployment", "run", "improvement-loop/loop", "--param", f'dataset="{name}"',
-                              "--param", f'root="{repo}"', "--watch"], repo, worker_env)
+                return timed([*PREFECT, "deployment", "run", "improvement-loop/loop", "--param", f"dataset={name}",
+                              "--watch"], repo, worker_env)
         finally:
             subprocess.run([*POSEOPS, "service", "down"], cwd=repo, env=env, capture_output=True)
             subprocess.run([*POSEOPS, "stack", "down", "--profile", "server"], cwd=repo, env=env, capture_output=True)

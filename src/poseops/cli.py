@@ -379,9 +379,10 @@ def loop(
 @user_errors
 def demo() -> None:
     """Run the system end to end on the bundled defaults and print where to look."""
+    from poseops.cli_stack import stack_settings
     from poseops.demo import run_demo
 
-    settings = ensure_label_studio_credentials()
+    settings = stack_settings(None, start=True)  # credentials (and, on the server profile, a database) into .env
     result = run_demo(settings, say=lambda line: err_console.print(escape(line), highlight=False))
     console.rule("poseops demo")
     for what, url in result.urls.items():

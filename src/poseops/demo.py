@@ -22,7 +22,6 @@ from pathlib import Path
 
 import yaml
 
-from poseops import labelstudio_server
 from poseops.coco import read_yolo_pose
 from poseops.datasets import create_dataset, upload_images
 from poseops.dvc import run_dvc
@@ -114,7 +113,7 @@ def make_workspace(dest: Path, params_update: dict, source: Path = CHECKOUT) -> 
         else:  # a top-level key such as `device`
             params[section] = values
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (dest / ".gitignore").write_text("runs/\n.poseops/\n")
+    (dest / ".gitignore").write_text("runs/\n.poseops/\n.env\n")  # .env: the secrets poseops generates
     link_package(dest)  # dvc.yaml's stages depend on the package modules they run
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "demo@poseops.local"],
                 ["git", "config", "user.name", "poseops demo"]):
@@ -141,12 +140,9 @@ def run_demo(settings: Settings, say: Callable[[str], None] = print) -> DemoResu
     result = DemoResult()
     export_settings(settings)
     home = settings.home.resolve()
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    say(f"Label Studio: starting or finding it at {settings.label_studio_url} (the first start migrates ~90 s)")
-    labelstudio_server.up(settings)
-    for server in (stack.prefect_server(settings), stack.mlflow_ui(settings)):
-        say(f"{server.name}: starting or finding it at {server.url}")
-        server.up()
+    if not settings.server_profile:  # the server profile logs through its MLflow tracking server (tracking_uri())
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    stack.stack_up(settings, say)  # the servers of the profile: PostgreSQL on the server one, then LS, MLflow, Prefect
     stack.connect_prefect(settings)
 
     spec = checkout_path("label_config", "skeletons", "person.yaml")
@@ -194,9 +190,5 @@ def stop_demo(settings: Settings) -> list[str]:
     from poseops import stack
     from poseops.deploy import service_server
 
-    stopped = []
-    for server in (service_server(settings), stack.mlflow_ui(settings), stack.prefect_server(settings),
-                   labelstudio_server.server(settings)):
-        if server.down():
-            stopped.append(server.name)
-    return stopped
+    service = service_server(settings)
+    return ([service.name] if service.down() else []) + stack.stack_down(settings)

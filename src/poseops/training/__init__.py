@@ -12,11 +12,12 @@
     val_capture   one Ultralytics validation pass that keeps every image's labels and predictions
     gallery       the error gallery: the worst val images, label beside prediction, linked to Label Studio
     keypoint_guard  promotion's per-keypoint comparison with the champion, and the per-image differences
-    register      the export stage: export ONNX, log the model files and register them as a model version
+    register      the export (the end of the evaluate stage): the checked exports, the model files logged and
+                  registered as a model version
     promotion     move the `champion` alias to a version when it is at least as good (not a DVC stage:
                   it changes the registry, not files)
     pipeline      the four stages through `dvc repro` or in this process, and what they left
-    yolo          Ultralytics set-up and train arguments
+    yolo          Ultralytics set-up, train arguments, a stage process's imports (`preload_libraries`)
 
 Each stage reads its inputs from and writes its outputs to the paths of a `Layout`
 (the DVC stages pass them from dvc.yaml), and finds the MLflow run through the state
@@ -50,7 +51,7 @@ _EXPORTS = {
     "register": ("export", "read_version"),
     "promotion": ("ModelKind", "Promotion", "better_enough", "decide", "kind_mismatch", "model_kind", "promote"),
     "pipeline": ("PipelineOutputs", "dvc_repro", "is_dvc_repo", "pipeline_outputs", "run_stages"),
-    "yolo": ("configure_ultralytics", "ultralytics_train_args"),
+    "yolo": ("configure_ultralytics", "preload_libraries", "ultralytics_train_args"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -59,7 +59,8 @@ def main() -> None:
     from poseops.skeleton import load_skeleton
     from poseops.video_predict import VideoOptions, VideoTracker, predict_video, read_frames
 
-    model = PoseModel(args.weights, load_skeleton(args.skeleton), args.runtime, args.imgsz)
+    model = PoseModel(args.weights, load_skeleton(args.skeleton), args.runtime, args.imgsz,
+                      performance="latency")  # as `poseops predict` loads it: one frame at a time
     with tempfile.TemporaryDirectory() as tmp:
         video = args.video or people_clip(model_images(args), Path(tmp))
         options = VideoOptions(max_frames=args.frames)

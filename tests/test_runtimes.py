@@ -1,4 +1,4 @@
-"""Runtimes: which one runs where, OpenVINO answering as ONNX Runtime does, and the export stage's accuracy check
+"""Runtimes: which one runs where, OpenVINO answering as ONNX Runtime does, and the export step's accuracy check
 (a good export is registered, a broken one is refused), on coco8-pose at 320 px."""
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def test_metadata_names_the_runtime_and_precision(models, monkeypatch):
     assert (model["runtime"], model["precision"], model["openvino"]["inference_precision_hint"]) == ("openvino", "fp32", "f32")
 
 
-# --- the export stage's check ------------------------------------------------------------------------------
+# --- the export step's check ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

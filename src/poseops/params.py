@@ -213,7 +213,7 @@ def check_formats(value: list) -> str | None:
 
 @dataclass(frozen=True)
 class ExportParams:
-    """What the export stage writes, each checked against best.pt on the val split before it is registered
+    """What the export step (the end of the evaluate stage) writes, each checked against best.pt on the val split before it is registered
     (poseops.training.exports): `formats` (onnx, openvino on a CPU; engine = TensorRT, on a GPU),
     FP16 (`half`) and OpenVINO INT8 (`int8`, calibrated on `int8_images` of the train split)."""
 

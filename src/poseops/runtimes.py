@@ -39,7 +39,7 @@ RUNTIMES = ("auto", "openvino", "onnx", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 RUNTIME_ENV = "POSEOPS_RUNTIME"  # the override of `auto`, for the service and autolabel alike
 PRECISION_ENV = "POSEOPS_PRECISION"
-# the files of a registered model version (the export stage writes them; `poseops deploy` downloads them)
+# the files of a registered model version (the evaluate stage's export step writes them; `poseops deploy` downloads them)
 VERSION_FILES = {"openvino": "best_openvino_model", "openvino-int8": "best_int8_openvino_model", "onnx": "model.onnx",
                  "torch": "best.pt"}
 EXACT = {"INFERENCE_PRECISION_HINT": "f32"}  # never bfloat16, whatever the CPU offers
@@ -139,7 +139,7 @@ def _from_version_files(folder: Path, requested: str, device: str, precision: st
             why = "the best registered for " + device if requested == "auto" else "as asked"
             return RuntimeChoice(name, present[name], "fp32", why)
     raise RuntimeChoiceError(f"{folder} holds none of {', '.join(VERSION_FILES[n] for n in order)}: "
-                        "register the version again with the export stage (export.formats)")
+                        "register the version again through the pipeline (export.formats)")
 
 
 def install_exact_openvino() -> None:

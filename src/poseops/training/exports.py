@@ -1,4 +1,4 @@
-"""The export stage's exports, each checked against best.pt on the val split before it is registered.
+"""The export step's exports, each checked against best.pt on the val split before it is registered.
 
 `export.formats` names what is written into the model folder: `model.onnx` (always), `best_openvino_model/`
 (the CPU's runtime) and `model.engine` (TensorRT, on a GPU); `export.half` makes them FP16 and

@@ -1,4 +1,4 @@
-"""The export stage: export best.pt (ONNX, OpenVINO, ...: `export.formats`), check each export against best.pt on
+"""The export step (the end of the evaluate stage): export best.pt (ONNX, OpenVINO, ...: `export.formats`), check each export against best.pt on
 the val split (`poseops.training.exports`), log the model files that passed to the run and register them as a
 model version (all or nothing); the version is kept in the model folder for promotion."""
 
@@ -103,7 +103,7 @@ def _version_tags(mlc, params: Params, run_id: str, dataset: DatasetInfo, metric
 
 
 def read_version(layout: Layout) -> VersionRef:
-    """The model version this workspace's export stage registered; an error when there is none."""
+    """The model version this workspace's export step registered; an error when there is none."""
     path = layout.model / VERSION_FILE
     if not path.is_file():
         raise TrainingError(f"{path} is missing: no model version was registered here yet; run the pipeline "

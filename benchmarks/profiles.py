@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import PERSON_SPEC, RESULTS, ROOT, SHARED, prepare
+from poseops.processes import stop_group
 
 POSEOPS = [sys.executable, "-m", "poseops.cli"]
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -102,13 +103,7 @@ def background(command: list[str], cwd: Path, env: dict[str, str], log: Path) ->
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process, signal.SIGINT, timeout=30)
 
 
 def base_env(home: Path) -> dict[str, str]:

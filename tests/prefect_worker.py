@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
+from poseops.processes import stop_group
 from poseops.settings import Settings
 from poseops.stack import prefect_server as managed_prefect_server
 
@@ -135,16 +136,7 @@ def _wait_until_polling(server: PrefectServer, worker: Worker, timeout: float) -
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+    stop_group(process, signal.SIGINT, timeout=30)
 
 
 def wait_for_flow_run(server: PrefectServer, run_id, timeout: float = 300.0):

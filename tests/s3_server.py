@@ -32,6 +32,7 @@ import httpx
 import pytest
 
 from poseops.devservers import free_port
+from poseops.processes import stop_group
 
 ACCESS_KEY = "poseops-tests"
 SECRET_KEY = "poseops-tests-secret"  # moto accepts any; only its being passed along is tested
@@ -90,13 +91,7 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
+    stop_group(process, signal.SIGTERM, timeout=20)
 
 
 @contextmanager

@@ -20,6 +20,8 @@ import httpx
 import pytest
 from conftest import PERSON_SPEC, ROOT, SHARED_DATASETS, free_port
 
+from poseops.processes import stop_group
+
 IMAGES = sorted((SHARED_DATASETS / "coco8-pose" / "images").glob("*/*.jpg"))
 WEIGHTS = "yolo11n-pose.pt"  # found through POSEOPS_WEIGHTS_DIR (conftest sets it to shared/weights)
 START_TIMEOUT_S = 300
@@ -58,13 +60,7 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 def stop(process: subprocess.Popen) -> None:
     """SIGTERM to the process group this test started (the server and its workers); SIGKILL if it lingers."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+    stop_group(process, signal.SIGTERM, timeout=60)
 
 
 def wait_ready(service: RunningService, process: subprocess.Popen, probe_image: Path | None = None) -> None:

@@ -237,6 +237,19 @@ def signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def stop_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Stop a child started in its own process group (`start_new_session=True`): `sig` to the group, then
+    SIGKILL if it is still there after `timeout` seconds. Nothing to do when it has ended already."""
+    if process.poll() is not None:
+        return
+    signal_group(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
 def tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

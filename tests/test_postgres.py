@@ -183,6 +183,30 @@ def test_restart_keeps_the_data_and_the_home_stays_passable():
 
 
 @pytest.mark.integration
+def test_stack_down_without_the_profile_stops_what_the_server_profile_started():
+    """`POSEOPS_PROFILE=server` set for `up` alone: a later `stack down` on the default profile still stops the
+    MLflow tracking server and the cluster poseops started in this home."""
+    from dataclasses import replace
+
+    from poseops import stack
+
+    with running_postgres() as url:
+        home = cluster_home(url)
+        settings = server_settings(url, home, mlflow_ui_url=f"http://127.0.0.1:{free_port()}",
+                                   prefect_url=f"http://127.0.0.1:{free_port()}",
+                                   label_studio_url=f"http://127.0.0.1:{free_port()}")
+        tracking = stack.mlflow_server(settings)
+        tracking.up(180)
+        try:
+            stopped = stack.stack_down(replace(settings, profile="embedded"))
+            assert stopped == ["the MLflow tracking server", "PostgreSQL"]
+            assert not tracking.status().running
+            assert not postgres.status(settings).running
+        finally:
+            tracking.down()
+
+
+@pytest.mark.integration
 def test_port_taken_by_another_program(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", free_port()))

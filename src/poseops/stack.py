@@ -156,11 +156,18 @@ def stack_status(settings: Settings) -> list[tuple[str, ServerStatus]]:
 
 
 def stack_down(settings: Settings) -> list[str]:
-    """Stop the servers of the settings' profile that poseops started, PostgreSQL last; returns what was stopped."""
+    """Stop the servers poseops started under this home, PostgreSQL last; returns what was stopped.
+
+    Those of either profile: each stops only what its state folder records, so a stack started with the
+    profile set for `up` alone (`POSEOPS_PROFILE=server poseops stack up`) stops without it too.
+    """
+    from dataclasses import replace
+
     from poseops import labelstudio_server
 
-    stopped = [server.name for server in (prefect_server(settings), mlflow_ui(settings),
-                                          labelstudio_server.server(settings)) if server.down()]
-    if settings.server_profile and settings.database_url and postgres.down(settings):
+    servers = (prefect_server(settings), mlflow_server(settings), mlflow_ui(replace(settings, profile="embedded")),
+               labelstudio_server.server(settings))
+    stopped = [server.name for server in servers if server.down()]
+    if settings.database_url and postgres.down(settings):
         stopped.append("PostgreSQL")
     return stopped
